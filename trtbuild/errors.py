@@ -1,0 +1,80 @@
+"""One error hierarchy for trtbuild.
+
+Every error a user can act on is a ``TrtbuildError``; ``cli.main`` is the one place that turns
+them into a one-line message and an exit code. ``UserError`` (bad input: exit 2) says what to
+fix; ``RuntimeFailure`` (something we ran failed: exit 1) says what happened and where to look.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+class TrtbuildError(Exception):
+    """Base class. ``exit_code`` is what the CLI exits with."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, *, details: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details  # multi-line context (a log tail), printed after the message
+
+
+class UserError(TrtbuildError):
+    """The input is wrong; the message names the fix. Exit code 2."""
+
+    exit_code = 2
+
+
+class SpecError(UserError):
+    """A spec, option or file the user gave does not validate."""
+
+
+class ToolNotFound(UserError):
+    """An external program (tritonserver, trtllm-build, perf_analyzer) is missing."""
+
+    def __init__(self, tool: str, hint: str) -> None:
+        super().__init__(f"{tool} not found. {hint}")
+        self.tool = tool
+
+
+class OutputExists(UserError):
+    """Refusing to overwrite a user's files."""
+
+    def __init__(self, path: object) -> None:
+        super().__init__(f"{path} exists and is not empty; pass --force to replace it.")
+
+
+class IncompatibleArtifact(UserError):
+    """An engine or repository was built for another GPU or software version."""
+
+
+class RuntimeFailure(TrtbuildError):
+    """Something trtbuild ran or talked to failed. Exit code 1."""
+
+
+class ProcessFailed(RuntimeFailure):
+    """A child process exited non-zero."""
+
+    def __init__(
+        self, argv: Sequence[str], returncode: int, output_tail: str, *, what: str | None = None
+    ) -> None:
+        import shlex
+
+        label = what or shlex.join(argv[:3])
+        super().__init__(
+            f"{label} failed with exit code {returncode}: {shlex.join(argv)}",
+            details=output_tail or None,
+        )
+        self.argv = list(argv)
+        self.returncode = returncode
+        self.output_tail = output_tail
+
+
+class ServerNotReady(RuntimeFailure):
+    """tritonserver exited or did not become ready in time."""
+
+
+class InferenceError(RuntimeFailure):
+    """The server answered a request with an error."""

@@ -1,0 +1,148 @@
+"""Token ids to text, for Triton's pre/postprocessing models and the portable runtime.
+
+Imports only ``tokenizers`` (fast to load, no torch), because ``trtbuild repo`` copies this file
+verbatim next to the Triton ``model.py`` files that use it.
+
+Streaming text is the hard part. Decoding each streamed token on its own loses the leading space
+that SentencePiece-style tokenizers attach to a word and splits multi-byte UTF-8 characters
+(emoji, CJK) into replacement characters. ``IncrementalDetokenizer`` decodes a short window of
+recent tokens, emits only the text that is stable, and holds back a trailing partial character,
+so the concatenation of its pieces equals ``decode(all ids)``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+REPLACEMENT = "\ufffd"
+
+
+class Text:
+    """A tokenizer directory's ``tokenizer.json`` plus the decode options of its config."""
+
+    def __init__(self, tokenizer_dir: str, *, add_special_tokens: bool = True) -> None:
+        from tokenizers import Tokenizer
+
+        path = os.path.join(tokenizer_dir, "tokenizer.json")
+        if not os.path.exists(path):
+            raise FileNotFoundError(
+                f"{path} is missing: the portable pre/postprocessing models need a fast "
+                "(tokenizers) tokenizer.json in tokenizer_dir"
+            )
+        self.tokenizer = Tokenizer.from_file(path)
+        self.tokenizer.no_padding()
+        self.tokenizer.no_truncation()
+        self.add_special_tokens = add_special_tokens
+        config = _read_json(os.path.join(tokenizer_dir, "tokenizer_config.json"))
+        self.clean_up_spaces = bool(config.get("clean_up_tokenization_spaces", False))
+        self.vocab_size = self.tokenizer.get_vocab_size(with_added_tokens=True)
+
+    def encode(self, text: str) -> list[int]:
+        return list(self.tokenizer.encode(text, add_special_tokens=self.add_special_tokens).ids)
+
+    def encode_plain(self, text: str) -> list[int]:
+        """Ids without BOS/EOS, for stop and bad words."""
+        return list(self.tokenizer.encode(text, add_special_tokens=False).ids)
+
+    def token_id(self, token: str) -> int | None:
+        return self.tokenizer.token_to_id(token)
+
+    def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
+        text = self.tokenizer.decode(
+            [i for i in ids if 0 <= i < self.vocab_size], skip_special_tokens=skip_special_tokens
+        )
+        return clean_up_tokenization(text) if self.clean_up_spaces else text
+
+    def incremental(self, skip_special_tokens: bool = True) -> IncrementalDetokenizer:
+        return IncrementalDetokenizer(self, skip_special_tokens=skip_special_tokens)
+
+
+class IncrementalDetokenizer:
+    """Turns a stream of token ids into text pieces whose concatenation is ``decode(ids)``.
+
+    ``prefix`` marks the start of the decode window and ``read`` the end of what was already
+    turned into text: each call decodes ``ids[prefix:]`` and emits what goes beyond the text of
+    ``ids[prefix:read]`` once it no longer ends in a partial character.
+    """
+
+    def __init__(self, text: Text, *, skip_special_tokens: bool = True) -> None:
+        self.text = text
+        self.skip = skip_special_tokens
+        self.ids: list[int] = []
+        self.prefix = 0
+        self.read = 0
+        self.emitted = 0  # characters of decode(ids) emitted so far (for the final check)
+        self.pieces: list[str] = []
+
+    def add(self, new_ids: list[int]) -> str:
+        """Feed new ids; return the text that became final (possibly empty)."""
+        self.ids.extend(int(i) for i in new_ids)
+        before = self.text.decode(self.ids[self.prefix : self.read], self.skip)
+        after = self.text.decode(self.ids[self.prefix :], self.skip)
+        if len(after) > len(before) and not after.endswith(REPLACEMENT) and after.startswith(before):
+            piece = after[len(before) :]
+            self.prefix, self.read = self.read, len(self.ids)
+            return self._emit(piece)
+        return ""
+
+    def finish(self) -> str:
+        """Flush what is held back; the pieces so far then add up to ``decode(ids)``."""
+        full = self.text.decode(self.ids, self.skip)
+        sent = "".join(self.pieces)
+        if full.startswith(sent):
+            return self._emit(full[len(sent) :])
+        # The window's text disagreed with the full decode (a tokenizer whose decode of a prefix
+        # is not a prefix of the full decode). We cannot take text back; send the rest we can.
+        return self._emit(full[len(os.path.commonprefix([full, sent])) :])
+
+    def _emit(self, piece: str) -> str:
+        if piece:
+            self.pieces.append(piece)
+        return piece
+
+
+def clean_up_tokenization(text: str) -> str:
+    """transformers' ``clean_up_tokenization`` (used when a tokenizer config asks for it)."""
+    for a, b in ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"),
+                 (" n't", "n't"), (" 'm", "'m"), (" 's", "'s"), (" 've", "'ve"), (" 're", "'re")):
+        text = text.replace(a, b)
+    return text
+
+
+def _read_json(path: str) -> dict[str, Any]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+        return data if isinstance(data, dict) else {}
+    except FileNotFoundError:
+        return {}
+
+
+def stop_words_tensor(words: list[list[int]]) -> list[list[int]]:
+    """TensorRT-LLM's ``[2, N]`` word list: flattened ids, then end offsets padded with -1."""
+    flat: list[int] = []
+    offsets: list[int] = []
+    for w in words:
+        if not w:
+            continue
+        flat.extend(w)
+        offsets.append(len(flat))
+    if not flat:
+        return [[0], [-1]]
+    offsets += [-1] * (len(flat) - len(offsets))
+    return [flat, offsets]
+
+
+def parse_words_tensor(arr: Any) -> list[list[int]]:
+    """Inverse of ``stop_words_tensor`` for one request (``arr`` shaped [2, N])."""
+    flat, offsets = [int(x) for x in arr[0]], [int(x) for x in arr[1]]
+    words, start = [], 0
+    for end in offsets:
+        if end < 0:
+            break
+        if end > start:
+            words.append(flat[start:end])
+        start = end
+    return words
