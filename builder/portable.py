@@ -3,75 +3,54 @@
 There is nothing to compile: the "engine" is the checkpoint's weights as safetensors (cast to the
 serving dtype when asked), its config, its generation config and a normalised tokenizer, plus the
 trtbuild manifest. The Triton ``tensorrt_llm`` model of the portable flavor loads it with
-transformers, on CPU or any CUDA GPU.
+transformers, on CPU or any CUDA GPU. ``trtbuild engine --runtime torch`` and
+``prepare_portable_engine`` share the manifest and the build cache with the other runtimes.
 """
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
-from trtbuild._atomic import atomic_dir
+from trtbuild.builder._files import MODEL_FILES as MODEL_FILES
+from trtbuild.builder._files import TOKENIZER_FILES as TOKENIZER_FILES
+from trtbuild.builder._files import copy_tokenizer
+from trtbuild.builder._files import normalise_tokenizer_config as normalise_tokenizer_config
+from trtbuild.builder.checkpoint import CheckpointFacts
+from trtbuild.builder.manifest import MANIFEST as MANIFEST
 from trtbuild.errors import SpecError
-
-MANIFEST = "trtbuild-engine.json"
-TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "tokenizer.model",
-    "vocab.json",
-    "merges.txt",
-    "added_tokens.json",
-    "chat_template.jinja",
-)
-MODEL_FILES = ("config.json", "generation_config.json")
 
 
 def prepare_portable_engine(
     checkpoint: Path, out_dir: Path, *, dtype: str = "auto", force: bool = False
 ) -> Path:
     """Write a portable-runtime engine directory for ``checkpoint`` into ``out_dir``."""
-    checkpoint = Path(checkpoint)
-    if not (checkpoint / "config.json").is_file():
-        raise SpecError(f"{checkpoint} has no config.json; pass a Hugging Face checkpoint directory")
-    weights = sorted(checkpoint.glob("*.safetensors"))
-    if not weights:
+    from trtbuild.builder.engine import build_engine
+    from trtbuild.specs import EngineSpec
+
+    spec = EngineSpec(checkpoint=checkpoint, out=out_dir, runtime="torch", dtype=dtype, force=force)
+    return build_engine(spec).out_dir
+
+
+def check_portable(facts: CheckpointFacts) -> None:
+    """The portable runtime loads safetensors weights and a fast tokenizer."""
+    if not any(w.endswith(".safetensors") for w in facts.weights):
         raise SpecError(
-            f"{checkpoint} has no *.safetensors weights; convert .bin weights with "
+            f"{facts.path} has no *.safetensors weights; convert .bin weights with "
             "transformers' save_pretrained(safe_serialization=True) first"
         )
-    if not (checkpoint / "tokenizer.json").is_file():
-        raise SpecError(f"{checkpoint} has no tokenizer.json (a fast tokenizer is required)")
-    with atomic_dir(out_dir, force=force) as tmp:
-        for name in (*MODEL_FILES, *TOKENIZER_FILES, "model.safetensors.index.json"):
-            if (checkpoint / name).is_file():
-                shutil.copy2(checkpoint / name, tmp / name)
-        for w in weights:
-            _copy_weights(w, tmp / w.name, dtype)
-        normalise_tokenizer_config(tmp)
-        manifest = {
-            "format": 1,
-            "runtime": "torch",
-            "dtype": dtype,
-            "source": {"path": str(checkpoint.resolve())},
-            "files": sorted(p.name for p in tmp.iterdir()),
-        }
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-    return out_dir
+    if not (facts.path / "tokenizer.json").is_file():
+        raise SpecError(f"{facts.path} has no tokenizer.json (a fast tokenizer is required)")
 
 
-def normalise_tokenizer_config(directory: Path) -> None:
-    """Make transformers 4.x able to load a tokenizer saved by transformers 5."""
-    path = directory / "tokenizer_config.json"
-    if not path.is_file():
-        return
-    config = json.loads(path.read_text())
-    if config.get("tokenizer_class") in (None, "TokenizersBackend"):
-        config["tokenizer_class"] = "PreTrainedTokenizerFast"
-        config.pop("backend", None)
-        path.write_text(json.dumps(config, indent=2) + "\n")
+def write_portable(checkpoint: Path, out: Path, dtype: str) -> None:
+    """Fill ``out`` (an empty directory) with the portable engine files."""
+    copy_tokenizer(checkpoint, out)
+    index = checkpoint / "model.safetensors.index.json"
+    if index.is_file():
+        shutil.copy2(index, out / index.name)
+    for weights in sorted(checkpoint.glob("*.safetensors")):
+        _copy_weights(weights, out / weights.name, dtype)
 
 
 def _copy_weights(src: Path, dst: Path, dtype: str) -> None:

@@ -46,3 +46,96 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from trtbuild.tiny_model import create_tiny_model
 
     return create_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
+
+
+# -- the served portable runtime, shared by every end-to-end test of the session --------------------
+STOP_PROMPT = "Stop words and end ids:"
+
+
+class Reference:
+    """transformers on the same weights: what the server's greedy output must equal."""
+
+    def __init__(self, model_dir: Path) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.torch = torch
+        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        self.model = AutoModelForCausalLM.from_pretrained(
+            model_dir, attn_implementation="sdpa"
+        ).eval()
+
+    def encode(self, text: str) -> list[int]:
+        return list(self.tokenizer(text)["input_ids"])
+
+    def greedy(self, prompt: str | list[int], max_new_tokens: int) -> list[int]:
+        ids = self.encode(prompt) if isinstance(prompt, str) else prompt
+        with self.torch.no_grad():
+            out = self.model.generate(
+                self.torch.tensor([ids]),
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                eos_token_id=None,
+                pad_token_id=3,
+            )
+        return out[0][len(ids) :].tolist()
+
+    def decode(self, ids: list[int]) -> str:
+        return str(self.tokenizer.decode(ids, skip_special_tokens=True))
+
+
+@pytest.fixture(scope="session")
+def reference(tiny_model: Path) -> Reference:
+    return Reference(tiny_model)
+
+
+@pytest.fixture(scope="session")
+def portable_engine(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from trtbuild.builder.portable import prepare_portable_engine
+
+    return prepare_portable_engine(tiny_model, tmp_path_factory.mktemp("engine") / "engine")
+
+
+@pytest.fixture(scope="session")
+def chat_end_token(reference: Reference) -> tuple[int, int]:
+    """A token the greedy continuation of STOP_PROMPT produces, to serve as a second end token.
+
+    Returns (token id, its index in the continuation). It is rendered into the repository as an
+    extra end token (like Llama-3's <|eot_id|> beside </s>).
+    """
+    ids = reference.greedy(STOP_PROMPT, 24)
+    for index in range(4, len(ids)):
+        tok = ids[index]
+        if tok not in ids[:index] and tok > 4:
+            return tok, index
+    raise AssertionError("no usable token in the continuation")
+
+
+@pytest.fixture(scope="session")
+def served(
+    portable_engine: Path, chat_end_token: tuple[int, int], tmp_path_factory: pytest.TempPathFactory
+):  # type: ignore[no-untyped-def]
+    """A real tritonserver serving the portable inflight-batching repository."""
+    from trtbuild.repository import render_repository
+    from trtbuild.server import TritonServer
+    from trtbuild.specs import RepoSpec, RuntimeLimits, ServeSpec
+    from trtbuild.tiny_model import EOS_ID, EOT_ID, PAD_ID
+
+    spec = RepoSpec(
+        runtime="torch",
+        engine_dir=portable_engine,
+        tokenizer_dir=portable_engine,
+        end_id=EOS_ID,
+        pad_id=PAD_ID,
+        stop_token_ids=[EOT_ID, chat_end_token[0]],
+        num_threads=2,
+        limits=RuntimeLimits(
+            max_batch_size=16, max_input_len=256, max_seq_len=512, max_num_tokens=512
+        ),
+    )
+    repo = render_repository(spec, tmp_path_factory.mktemp("served") / "repository")
+    # shutdown_grace: Triton 2.51 keeps a decoupled model loaded after it rejected a gRPC stream
+    # request for a wrong input dtype (test_max_tokens_zero_and_wrong_dtype_are_refused does that)
+    serve = ServeSpec(repo=repo, http_port=0, grpc_port=0, metrics_port=0, shutdown_grace=3)
+    with TritonServer(serve, quiet=True) as server:
+        yield server

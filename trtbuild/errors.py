@@ -78,3 +78,7 @@ class ServerNotReady(RuntimeFailure):
 
 class InferenceError(RuntimeFailure):
     """The server answered a request with an error."""
+
+
+class InvalidRequest(UserError):
+    """The server refused the request as invalid (INVALID_ARGUMENT / HTTP 400)."""

@@ -7,6 +7,7 @@ can be pasted into a shell; ``dry_run`` prints the line and runs nothing. A non-
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import signal
@@ -20,6 +21,7 @@ from typing import IO
 from trtbuild.errors import ProcessFailed, ToolNotFound
 
 TAIL_LINES = 50
+Popen = subprocess.Popen
 
 
 def format_command(argv: Sequence[str], env: Mapping[str, str] | None = None) -> str:
@@ -129,7 +131,5 @@ def stop_group(proc: subprocess.Popen[bytes], grace: float = 15.0) -> int:
 
 
 def _signal_group(proc: subprocess.Popen[bytes], sig: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass

@@ -28,7 +28,9 @@ class RuntimeLimits(StrictModel):
     max_input_len: int = Field(1024, ge=1, description="longest prompt, in tokens")
     max_seq_len: int = Field(2048, ge=2, description="prompt + output, in tokens")
     max_num_tokens: int = Field(4096, ge=1, description="prefill tokens per scheduler step")
-    max_queue_size: int = Field(256, ge=1, description="requests waiting before new ones are refused")
+    max_queue_size: int = Field(
+        256, ge=1, description="requests waiting before new ones are refused"
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> RuntimeLimits:
@@ -57,7 +59,8 @@ class RepoSpec(StrictModel):
     end_id: int = Field(description="generation stops at this token (tokenizer eos)")
     pad_id: int
     stop_token_ids: list[int] = Field(
-        default_factory=list, description="more end tokens (e.g. a chat end token), sent as stop words"
+        default_factory=list,
+        description="more end tokens (e.g. a chat end token), sent as stop words",
     )
     exclude_input_in_output: bool = True
     add_special_tokens: bool = True
@@ -67,7 +70,9 @@ class RepoSpec(StrictModel):
     bls_instance_count: int = Field(1, ge=1)
     max_queue_delay_microseconds: int = Field(0, ge=0)
     # portable runtime
-    device: str = Field("auto", description="torch device for the portable runtime: auto, cpu, cuda, cuda:N")
+    device: str = Field(
+        "auto", description="torch device for the portable runtime: auto, cpu, cuda, cuda:N"
+    )
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     num_threads: int = Field(0, ge=0, description="torch threads (0: torch's default)")
 
@@ -83,6 +88,16 @@ class ServeSpec(StrictModel):
     startup_timeout: float = Field(300.0, gt=0)
     log_verbose: int = Field(0, ge=0)
     log_file: Path | None = None
+    shutdown_grace: float = Field(20.0, gt=0, description="seconds between SIGTERM and SIGKILL")
+
+
+class DemoSpec(StrictModel):
+    workdir: Path | None = Field(None, description="keep model/, engine/ and repository/ here")
+    force: bool = False
+    http_port: int = Field(0, ge=0, le=65535, description="0: a free port")
+    grpc_port: int = Field(0, ge=0, le=65535, description="0: a free port")
+    max_tokens: int = Field(48, ge=1)
+    seed: int = 0
 
 
 class SamplingSpec(StrictModel):
@@ -105,3 +120,96 @@ class InferSpec(StrictModel):
     stop_words: list[str] = Field(default_factory=list)
     end_id: int | None = None
     timeout: float = Field(120.0, gt=0)
+
+
+# -- engine (issue 3) ------------------------------------------------------------------------------
+EngineDtype = Literal["auto", "bfloat16", "float16", "float32"]
+EngineQuant = Literal["none", "fp8", "int8-sq", "int4-awq"]
+KvCacheDtype = Literal["auto", "fp8", "int8"]
+
+
+class EngineSpec(StrictModel):
+    """What ``trtbuild engine`` was asked for.
+
+    ``None`` means "not given": the value comes from ``plan`` (a ``trtbuild plan`` JSON file) when
+    it has one, else from the model and trtbuild's defaults (``trtbuild.builder.settings``).
+    """
+
+    checkpoint: Path = Field(description="Hugging Face checkpoint directory")
+    out: Path = Field(description="engine directory to write")
+    runtime: Runtime = "tensorrtllm"
+    gpu: str | None = Field(None, description="target GPU name (default: the one detected here)")
+    tp: int | None = Field(None, ge=1, le=64)
+    pp: int | None = Field(None, ge=1, le=64)
+    dtype: EngineDtype | None = None
+    quant: EngineQuant | None = Field(None, description="weight quantization (ModelOpt)")
+    kv_cache_dtype: KvCacheDtype | None = None
+    max_batch_size: int | None = Field(None, ge=1, le=4096)
+    max_input_len: int | None = Field(None, ge=1)
+    max_seq_len: int | None = Field(None, ge=2)
+    max_num_tokens: int | None = Field(None, ge=1)
+    chunked_context: bool | None = Field(
+        None, description="prompts longer than max_num_tokens are prefilled in chunks"
+    )
+    calib_size: int | None = Field(None, ge=1, description="calibration samples for quantization")
+    calib_dataset: str | None = Field(None, description="HF dataset name or local path")
+    plan: Path | None = None
+    dry_run: bool = False
+    force: bool = False
+    use_cache: bool = True
+
+
+# -- download and plan (issue 4) --------------------------------------------------------------------
+PlanDtype = Literal["auto", "bfloat16", "float16"]
+PlanQuant = Literal["auto", "none", "fp8", "int8-sq", "int4-awq"]
+PlanKvDtype = Literal["auto", "fp8", "int8"]
+_PLAN_ALIASES = {
+    "dtype": {"bf16": "bfloat16", "fp16": "float16"},
+    "quant": {"int8": "int8-sq", "awq": "int4-awq"},
+    "kv_cache_dtype": {"bf16": "auto", "fp16": "auto", "bfloat16": "auto", "float16": "auto"},
+}
+
+
+class DownloadSpec(StrictModel):
+    """``trtbuild download``: a Hub repo id (or a local checkpoint directory) to a serving checkpoint."""
+
+    source: str = Field(min_length=1, description="owner/name on the Hub, or a local directory")
+    revision: str | None = Field(None, description="branch, tag or commit (default: main)")
+    local_dir: Path | None = Field(None, description="put the files here instead of the HF cache")
+    force: bool = Field(False, description="write into a --local-dir trtbuild did not make")
+    all_weights: bool = Field(False, description="also fetch .bin/.pth duplicates of the weights")
+
+
+class PlanRequest(StrictModel):
+    """What a deployment must do; the planner turns it plus model and GPU facts into a ``Plan``."""
+
+    gpus_per_node: int = Field(1, ge=1, le=64)
+    nodes: int = Field(1, ge=1, le=1024)
+    dtype: PlanDtype = Field("auto", description="activations and unquantized weights")
+    quant: PlanQuant = Field("auto", description="weights (auto: the checkpoint's, else none)")
+    kv_cache_dtype: PlanKvDtype = Field("auto", description="auto: same as dtype")
+    max_input_len: int = Field(2048, ge=1)
+    max_output_len: int = Field(512, ge=1)
+    concurrency: int = Field(64, ge=1, description="sequences in flight across all replicas")
+    price_per_gpu_hour: float | None = Field(None, gt=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _aliases(cls, data: object) -> object:
+        """Accept the short names people type: bf16, fp16, int8, awq (a 16-bit KV cache is auto)."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        for key, aliases in _PLAN_ALIASES.items():
+            value = data.get(key)
+            if isinstance(value, str):
+                data[key] = aliases.get(value.lower(), value.lower())
+        return data
+
+
+class PlanSpec(StrictModel):
+    """``trtbuild plan``: a model (checkpoint dir, config.json or well-known repo id) on a GPU type."""
+
+    model: str = Field(min_length=1)
+    gpu: str = Field(min_length=1)
+    request: PlanRequest = PlanRequest()

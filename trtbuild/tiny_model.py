@@ -18,7 +18,7 @@ BOS, EOS, PAD, UNK, EOT = "<s>", "</s>", "<pad>", "<unk>", "<|eot|>"
 SPECIAL_TOKENS = [UNK, BOS, EOS, PAD, EOT]  # ids 0..4
 EOS_ID, EOT_ID, PAD_ID, BOS_ID = 2, 4, 3, 1
 
-_WORDS = (
+_WORDS = (  # noqa: SIM905 - a sentence reads better than a 100-item list
     "the of and to in is that for it as with was on be by this are from or at an not which "
     "have has but all they can more one will their were when there been would what so if out "
     "about into who time some could them other than then these two may first any new like our "
@@ -108,8 +108,13 @@ def _write_tokenizer(out: Path, *, seed: int, vocab_size: int) -> None:
         "add_bos_token": True,
     }
     (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
-    special = {"bos_token": BOS, "eos_token": EOS, "pad_token": PAD, "unk_token": UNK,
-               "additional_special_tokens": [EOT]}
+    special = {
+        "bos_token": BOS,
+        "eos_token": EOS,
+        "pad_token": PAD,
+        "unk_token": UNK,
+        "additional_special_tokens": [EOT],
+    }
     (out / "special_tokens_map.json").write_text(json.dumps(special, indent=2) + "\n")
 
 
@@ -119,6 +124,9 @@ def _write_model(
     import torch
     from tokenizers import Tokenizer
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
 
     vocab = Tokenizer.from_file(str(out / "tokenizer.json")).get_vocab_size()
     config = LlamaConfig(
@@ -129,12 +137,10 @@ def _write_model(
         num_attention_heads=num_heads,
         num_key_value_heads=num_kv_heads,
         max_position_embeddings=2048,
-        rope_theta=10000.0,
         bos_token_id=BOS_ID,
         eos_token_id=EOS_ID,
         pad_token_id=PAD_ID,
         tie_word_embeddings=False,
-        torch_dtype="float32",
     )
     gen = torch.Generator().manual_seed(seed)
     model = LlamaForCausalLM(config)

@@ -81,7 +81,11 @@ class IncrementalDetokenizer:
         self.ids.extend(int(i) for i in new_ids)
         before = self.text.decode(self.ids[self.prefix : self.read], self.skip)
         after = self.text.decode(self.ids[self.prefix :], self.skip)
-        if len(after) > len(before) and not after.endswith(REPLACEMENT) and after.startswith(before):
+        if (
+            len(after) > len(before)
+            and not after.endswith(REPLACEMENT)
+            and after.startswith(before)
+        ):
             piece = after[len(before) :]
             self.prefix, self.read = self.read, len(self.ids)
             return self._emit(piece)
@@ -105,8 +109,18 @@ class IncrementalDetokenizer:
 
 def clean_up_tokenization(text: str) -> str:
     """transformers' ``clean_up_tokenization`` (used when a tokenizer config asks for it)."""
-    for a, b in ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"),
-                 (" n't", "n't"), (" 'm", "'m"), (" 's", "'s"), (" 've", "'ve"), (" 're", "'re")):
+    for a, b in (
+        (" .", "."),
+        (" ?", "?"),
+        (" !", "!"),
+        (" ,", ","),
+        (" ' ", "'"),
+        (" n't", "n't"),
+        (" 'm", "'m"),
+        (" 's", "'s"),
+        (" 've", "'ve"),
+        (" 're", "'re"),
+    ):
         text = text.replace(a, b)
     return text
 

@@ -128,10 +128,10 @@ class Engine:
         self.device = torch.device(device)
         self.dtype = _resolve_dtype(dtype, self.device)
         self.limits = limits or EngineLimits()
-        self.model = AutoModelForCausalLM.from_pretrained(
+        model: Any = AutoModelForCausalLM.from_pretrained(
             model_dir, dtype=self.dtype, attn_implementation=attn_implementation
-        ).to(self.device)
-        self.model.eval()
+        )
+        self.model = model.to(self.device).eval()
         self.vocab_size = int(self.model.config.vocab_size)
         max_pos = getattr(self.model.config, "max_position_embeddings", None)
         if max_pos and self.limits.max_seq_len > max_pos:
@@ -179,7 +179,9 @@ class Engine:
             raise RequestError(f"prompt ({n} tokens) exceeds max_num_tokens {lim.max_num_tokens}")
         bad = [t for t in req.prompt if t < 0 or t >= self.vocab_size]
         if bad:
-            raise RequestError(f"token id {bad[0]} is outside the vocabulary (0..{self.vocab_size - 1})")
+            raise RequestError(
+                f"token id {bad[0]} is outside the vocabulary (0..{self.vocab_size - 1})"
+            )
         s = req.sampling
         if s.temperature < 0 or not 0.0 <= s.top_p <= 1.0 or s.top_k < 0:
             raise RequestError("temperature must be >= 0, top_p in [0, 1] and top_k >= 0")
@@ -225,7 +227,9 @@ class Engine:
             if ev.finished:
                 done.set()
 
-        self.submit(Request(prompt=prompt, max_new_tokens=max_new_tokens, on_event=on_event, **kwargs))
+        self.submit(
+            Request(prompt=prompt, max_new_tokens=max_new_tokens, on_event=on_event, **kwargs)
+        )
         done.wait()
         if errors:
             raise RuntimeError(errors[0])
@@ -349,7 +353,13 @@ class Engine:
         if len(keep) == len(self._rows):
             return
         if not keep:
-            self._rows, self._cache, self._mask, self._next_pos, self._last = [], None, None, None, None
+            self._rows, self._cache, self._mask, self._next_pos, self._last = (
+                [],
+                None,
+                None,
+                None,
+                None,
+            )
             return
         idx = torch.tensor(keep, device=self.device)
         self._rows = [self._rows[i] for i in keep]
@@ -387,7 +397,9 @@ class Engine:
         old_layers = _cache_layers(self._cache)
         for old, new in zip(old_layers, new_layers, strict=True):
             old.keys = torch.cat([_left_pad(old.keys, width), _left_pad(new.keys, width)], dim=0)
-            old.values = torch.cat([_left_pad(old.values, width), _left_pad(new.values, width)], dim=0)
+            old.values = torch.cat(
+                [_left_pad(old.values, width), _left_pad(new.values, width)], dim=0
+            )
         new_mask = torch.zeros((1, width), dtype=self._mask.dtype, device=self.device)
         new_mask[:, width - n :] = 1
         self._mask = torch.cat([_left_pad(self._mask, width, dim=1), new_mask], dim=0)
@@ -411,7 +423,9 @@ class Engine:
         """One token per row. Greedy rows without penalties take a vectorised argmax."""
         need_lp = any(r.return_log_probs for r in reqs)
         simple = all(
-            r.sampling.greedy and not r.sampling.penalised and not r.bad_words
+            r.sampling.greedy
+            and not r.sampling.penalised
+            and not r.bad_words
             and r.sampling.min_tokens <= len(r.output)
             for r in reqs
         )
@@ -484,7 +498,9 @@ def _process_logits(row: torch.Tensor, req: Request) -> torch.Tensor:
         uniq, counts = ids.unique(return_counts=True)
         if s.repetition_penalty != 1.0:
             vals = row[uniq]
-            row[uniq] = torch.where(vals > 0, vals / s.repetition_penalty, vals * s.repetition_penalty)
+            row[uniq] = torch.where(
+                vals > 0, vals / s.repetition_penalty, vals * s.repetition_penalty
+            )
         if s.presence_penalty:
             row[uniq] -= s.presence_penalty
         if s.frequency_penalty:

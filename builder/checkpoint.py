@@ -1,0 +1,263 @@
+"""What the builder needs to know about a Hugging Face checkpoint directory, read from its files.
+
+``read_checkpoint`` parses ``config.json`` (and ``hf_quant_config.json`` for ModelOpt exports)
+into ``CheckpointFacts``; ``source_info`` names the checkpoint (repo id and revision when it lives
+in a Hugging Face cache snapshot) and hashes its files for the manifest and the build cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from trtbuild.errors import SpecError
+
+HASH_CHUNK = 1 << 20
+TRUST_MIN_BYTES = 1 << 20  # recorded hashes are reused for files this large (weights)
+DOWNLOAD_MANIFEST = "trtbuild-checkpoint.json"  # written by trtbuild download
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_SNAPSHOT = re.compile(r"^models--(?P<repo>.+)$")
+
+
+@dataclass(frozen=True)
+class PreQuantization:
+    """A checkpoint that is already quantized (ModelOpt unified HF export or config.json)."""
+
+    quant_algo: str | None  # "FP8", "NVFP4", "W4A16_AWQ", ...
+    kv_cache_quant_algo: str | None  # "FP8", "INT8", ...
+    source: str  # the file it was read from
+
+
+@dataclass(frozen=True)
+class CheckpointFacts:
+    """Architecture facts the validation rules and the planner need."""
+
+    path: Path
+    architecture: str
+    model_type: str
+    num_attention_heads: int
+    num_key_value_heads: int
+    num_hidden_layers: int
+    hidden_size: int
+    vocab_size: int
+    max_position_embeddings: int | None
+    torch_dtype: str | None
+    prequant: PreQuantization | None = None
+    has_tokenizer: bool = False
+    weights: tuple[str, ...] = field(default_factory=tuple)
+    num_experts: int = 0
+
+    @property
+    def max_context(self) -> int | None:
+        """Longest sequence the position embeddings cover (``None`` when the config is silent)."""
+        return self.max_position_embeddings
+
+
+def read_checkpoint(checkpoint: Path) -> CheckpointFacts:
+    """Parse ``checkpoint/config.json``; a missing or unusable checkpoint is a ``SpecError``.
+
+    The architecture numbers come from ``trtbuild.model_facts`` (shared with the planner).
+    """
+    from trtbuild.model_facts import facts_from_config
+
+    checkpoint = Path(checkpoint)
+    if not checkpoint.is_dir():
+        raise SpecError(
+            f"checkpoint {checkpoint} is not a directory; pass a Hugging Face checkpoint directory "
+            "(trtbuild download NAME prints one)"
+        )
+    config_path = checkpoint / "config.json"
+    if not config_path.is_file():
+        raise SpecError(
+            f"{checkpoint} has no config.json; pass a Hugging Face checkpoint directory"
+        )
+    config = _json(config_path)
+    hf_quant_path = checkpoint / "hf_quant_config.json"
+    hf_quant = _json(hf_quant_path) if hf_quant_path.is_file() else None
+    try:
+        model = facts_from_config(config, name=checkpoint.name, hf_quant_config=hf_quant)
+    except SpecError as exc:
+        raise SpecError(f"{checkpoint}: {exc.message}") from exc
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise SpecError(f"{config_path}: invalid {where}: {first['msg']}") from exc
+    weights = tuple(
+        sorted(p.name for p in checkpoint.iterdir() if p.suffix in (".safetensors", ".bin"))
+    )
+    return CheckpointFacts(
+        path=checkpoint,
+        architecture=model.architecture,
+        model_type=model.model_type,
+        num_attention_heads=model.num_attention_heads,
+        num_key_value_heads=model.num_kv_heads,
+        num_hidden_layers=model.num_layers,
+        hidden_size=model.hidden_size,
+        vocab_size=model.vocab_size,
+        max_position_embeddings=model.max_position_embeddings,
+        torch_dtype=model.dtype,
+        prequant=_prequantization(config, hf_quant),
+        has_tokenizer=(checkpoint / "tokenizer.json").is_file()
+        or (checkpoint / "tokenizer.model").is_file(),
+        weights=weights,
+        num_experts=model.num_experts,
+    )
+
+
+def _json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise SpecError(f"{path} is not valid JSON ({exc}); re-download the checkpoint") from exc
+    if not isinstance(data, dict):
+        raise SpecError(f"{path} must hold a JSON object; re-download the checkpoint")
+    return data
+
+
+def _prequantization(
+    config: dict[str, Any], hf_quant: dict[str, Any] | None
+) -> PreQuantization | None:
+    """ModelOpt's ``hf_quant_config.json`` first, then config.json's ``quantization_config``.
+
+    Kept beside ``model_facts.parse_quantization`` because the hardware rules need ModelOpt's
+    algorithm names (FP8 vs NVFP4), not only the bit width.
+    """
+    quant = (hf_quant or {}).get("quantization") or {}
+    if isinstance(quant, dict) and (quant.get("quant_algo") or quant.get("kv_cache_quant_algo")):
+        algo, kv = quant.get("quant_algo"), quant.get("kv_cache_quant_algo")
+        return PreQuantization(_upper(algo), _upper(kv), "hf_quant_config.json")
+    qc = config.get("quantization_config")
+    if isinstance(qc, dict):
+        method = str(qc.get("quant_method", "")).lower()
+        if method in ("fp8", "modelopt"):
+            algo = qc.get("quant_algo") or ("FP8" if method == "fp8" else None)
+            kv = qc.get("kv_cache_quant_algo") or qc.get("kv_cache_scheme")
+            return PreQuantization(
+                _upper(algo), _upper(kv if isinstance(kv, str) else None), "config.json"
+            )
+        if method:
+            return PreQuantization(method.upper(), None, "config.json")
+    return None
+
+
+def _upper(value: object) -> str | None:
+    return str(value).upper() if value else None
+
+
+# -- source identity ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SourceInfo:
+    path: Path
+    repo_id: str | None
+    revision: str | None
+    files: dict[str, str]  # relative path -> sha256
+
+
+def source_info(checkpoint: Path) -> SourceInfo:
+    """Name and hash a checkpoint without re-reading big files where that can be avoided.
+
+    Hub-cache blobs are named by their sha256. ``trtbuild download`` records repo id, commit and
+    file hashes in ``trtbuild-checkpoint.json``; a recorded hash is reused for a large file whose
+    size matches and which has not been modified since the record was written. That record is
+    metadata, not model content, so it is not part of the hashes.
+    """
+    checkpoint = Path(checkpoint)
+    repo_id, revision = hub_snapshot(checkpoint)
+    record = _download_record(checkpoint)
+    known: dict[str, tuple[int, str]] = {}
+    if record is not None:
+        repo_id, revision, known = repo_id or record[0], revision or record[1], record[2]
+    files = hash_tree(checkpoint, skip=(DOWNLOAD_MANIFEST,), known=known)
+    return SourceInfo(checkpoint.resolve(), repo_id, revision, files)
+
+
+def _download_record(
+    checkpoint: Path,
+) -> tuple[str | None, str | None, dict[str, tuple[int, str]]] | None:
+    """``(repo_id, commit, {path: (size, sha256)})`` from ``trtbuild-checkpoint.json``, if usable."""
+    path = checkpoint / DOWNLOAD_MANIFEST
+    try:
+        data = json.loads(path.read_text())
+        written = path.stat().st_mtime
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict):
+        return None
+    known: dict[str, tuple[int, str]] = {}
+    for entry in data.get("files") or []:
+        if not isinstance(entry, dict):
+            continue
+        rel, size, digest = entry.get("path"), entry.get("size"), entry.get("sha256")
+        f = checkpoint / str(rel)
+        if (
+            isinstance(size, int)
+            and size >= TRUST_MIN_BYTES
+            and isinstance(digest, str)
+            and _SHA256.match(digest)
+            and f.is_file()
+            and f.stat().st_size == size
+            and f.stat().st_mtime <= written
+        ):
+            known[str(rel)] = (size, digest)
+    repo_id, commit = data.get("repo_id"), data.get("commit") or data.get("revision")
+    return (
+        repo_id if isinstance(repo_id, str) else None,
+        commit if isinstance(commit, str) else None,
+        known,
+    )
+
+
+def hub_snapshot(checkpoint: Path) -> tuple[str | None, str | None]:
+    """``(repo_id, revision)`` for ``.../models--org--name/snapshots/<rev>``, else ``(None, None)``."""
+    parts = Path(os.path.abspath(checkpoint)).parts
+    if len(parts) >= 3 and parts[-2] == "snapshots":
+        match = _SNAPSHOT.match(parts[-3])
+        if match:
+            return match["repo"].replace("--", "/"), parts[-1]
+    return None, None
+
+
+def mount_root(checkpoint: Path) -> Path:
+    """The directory to bind-mount so the checkpoint's symlinks still resolve in a container."""
+    checkpoint = Path(os.path.abspath(checkpoint))
+    if hub_snapshot(checkpoint)[0] is not None:
+        return checkpoint.parent.parent  # models--org--name (holds snapshots/ and blobs/)
+    return checkpoint
+
+
+def hash_tree(
+    directory: Path, *, skip: tuple[str, ...] = (), known: dict[str, tuple[int, str]] | None = None
+) -> dict[str, str]:
+    """sha256 of every file below ``directory`` (dot-files and ``skip`` names left out);
+    ``known`` maps relative paths to already-trusted ``(size, sha256)``."""
+    known = known or {}
+    directory = Path(directory)
+    out: dict[str, str] = {}
+    for path in sorted(directory.rglob("*")):
+        rel = path.relative_to(directory)
+        if any(part.startswith(".") for part in rel.parts) or rel.parts[0] in skip:
+            continue
+        if path.is_file():
+            name = rel.as_posix()
+            out[name] = known[name][1] if name in known else file_sha256(path)
+    return out
+
+
+def file_sha256(path: Path) -> str:
+    """The file's sha256; a Hub-cache symlink to ``blobs/<sha256>`` is trusted without reading."""
+    if path.is_symlink():
+        target = Path(os.path.realpath(path))
+        if target.parent.name == "blobs" and _SHA256.match(target.name):
+            return target.name
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()

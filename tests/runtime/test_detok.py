@@ -1,0 +1,71 @@
+"""Incremental detokenization: streamed pieces add up to the full decode."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+
+from trtbuild.runtime.detok import (
+    Text,
+    clean_up_tokenization,
+    parse_words_tensor,
+    stop_words_tensor,
+)
+
+
+@pytest.fixture(scope="module")
+def text(tiny_model: Path) -> Text:
+    return Text(str(tiny_model))
+
+
+def stream(text: Text, ids: list[int], chunks: list[int]) -> list[str]:
+    inc = text.incremental()
+    pieces, k = [], 0
+    for size in chunks:
+        pieces.append(inc.add(ids[k : k + size]))
+        k += size
+    pieces.append(inc.finish())
+    return pieces
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_random_ids_in_random_chunks_add_up_to_decode(text: Text, seed: int) -> None:
+    rng = random.Random(seed)
+    ids = [rng.randrange(5, text.vocab_size) for _ in range(rng.randint(1, 80))]
+    chunks = []
+    while sum(chunks) < len(ids):
+        chunks.append(rng.randint(1, 3))
+    assert "".join(stream(text, ids, chunks)) == text.decode(ids)
+
+
+def test_multibyte_characters_are_held_back_until_complete(text: Text) -> None:
+    ids = text.encode_plain("é 日本語 ✨")
+    singles = [text.decode([i]) for i in ids]
+    assert any("\ufffd" in s for s in singles)  # the tokenizer really splits some characters
+    pieces = stream(text, ids, [1] * len(ids))
+    assert "".join(pieces) == "é 日本語 ✨"
+    assert not any("\ufffd" in p for p in pieces)
+
+
+def test_special_tokens_are_skipped_like_decode(text: Text) -> None:
+    ids = [1] + text.encode_plain("hello") + [4, 2]
+    assert "".join(stream(text, ids, [1] * len(ids))) == text.decode(ids) == "hello"
+
+
+def test_clean_up_tokenization_matches_transformers_rules() -> None:
+    assert clean_up_tokenization("Hello , world ! I 'm here .") == "Hello, world! I'm here."
+
+
+def test_words_tensor_round_trip() -> None:
+    words = [[5, 6], [7], [8, 9, 10]]
+    arr = stop_words_tensor(words)
+    assert arr == [[5, 6, 7, 8, 9, 10], [2, 3, 6, -1, -1, -1]]
+    assert parse_words_tensor(arr) == words
+    assert parse_words_tensor(stop_words_tensor([])) == []
+
+
+def test_missing_tokenizer_json_says_what_is_needed(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="tokenizer.json"):
+        Text(str(tmp_path))

@@ -1,0 +1,338 @@
+"""Talk to a running server: prompt in, text out, over HTTP or gRPC, streaming or not.
+
+The transport follows the model: a decoupled model (an ensemble whose core model streams counts
+as one) is called through the gRPC bidirectional stream or HTTP ``generate``/``generate_stream``;
+a plain model (``tensorrt_llm_bls``) through ``infer``. Callers do not have to know which.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import queue
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, TextIO
+
+import numpy as np
+
+from trtbuild.errors import InferenceError, InvalidRequest, RuntimeFailure, UserError
+from trtbuild.specs import InferSpec
+
+
+@dataclass
+class Generation:
+    text: str = ""
+    pieces: list[str] = field(default_factory=list)
+    ttft_s: float | None = None  # time to the first non-empty piece
+    latency_s: float = 0.0
+    piece_times: list[float] = field(default_factory=list)  # seconds since the request was sent
+    tokens: int = 0  # generated tokens, as the server counted them
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.latency_s if self.latency_s > 0 else 0.0
+
+
+def request_inputs(spec: InferSpec) -> dict[str, Any]:
+    """The ensemble/BLS inputs for ``spec`` (TensorRT-LLM's client names)."""
+    inputs: dict[str, Any] = {
+        "text_input": spec.prompt,
+        "max_tokens": spec.max_tokens,
+        "stream": spec.stream,
+        "return_num_output_tokens": True,
+    }
+    s = spec.sampling
+    for name, value in (
+        ("temperature", s.temperature),
+        ("top_k", s.top_k),
+        ("top_p", s.top_p),
+        ("seed", s.seed),
+        ("repetition_penalty", s.repetition_penalty),
+        ("min_tokens", s.min_tokens),
+        ("end_id", spec.end_id),
+    ):
+        if value is not None:
+            inputs[name] = value
+    if spec.stop_words:
+        inputs["stop_words"] = list(spec.stop_words)
+    return inputs
+
+
+_DTYPES = {
+    "text_input": "BYTES",
+    "stop_words": "BYTES",
+    "bad_words": "BYTES",
+    "max_tokens": "INT32",
+    "stream": "BOOL",
+    "temperature": "FP32",
+    "top_k": "INT32",
+    "top_p": "FP32",
+    "seed": "UINT64",
+    "repetition_penalty": "FP32",
+    "min_tokens": "INT32",
+    "end_id": "INT32",
+    "pad_id": "INT32",
+    "exclude_input_in_output": "BOOL",
+    "return_log_probs": "BOOL",
+    "return_num_output_tokens": "BOOL",
+}
+_NP = {"BYTES": object, "INT32": np.int32, "BOOL": bool, "FP32": np.float32, "UINT64": np.uint64}
+
+
+def _array(name: str, value: Any) -> tuple[np.ndarray, str]:
+    dtype = _DTYPES.get(name, "INT32")
+    if dtype == "BYTES":
+        values = value if isinstance(value, list) else [value]
+        return np.array([[v.encode("utf-8") for v in values]], dtype=object), dtype
+    return np.array([[value]], dtype=_NP[dtype]), dtype
+
+
+class Client:
+    """A connection to one server. ``protocol`` is ``grpc`` or ``http``."""
+
+    def __init__(self, url: str, protocol: str = "grpc", timeout: float = 120.0) -> None:
+        self.url = url
+        self.protocol = protocol
+        self.timeout = timeout
+        self._decoupled: dict[str, bool] = {}
+        if protocol == "grpc":
+            import tritonclient.grpc as grpcclient
+
+            self._grpc = grpcclient.InferenceServerClient(url)
+        elif protocol == "http":
+            import tritonclient.http as httpclient
+
+            self._http = httpclient.InferenceServerClient(
+                url, network_timeout=timeout, connection_timeout=timeout
+            )
+        else:
+            raise UserError(f"protocol must be http or grpc, got {protocol!r}")
+
+    def close(self) -> None:
+        (self._grpc if self.protocol == "grpc" else self._http).close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- model facts ------------------------------------------------------------------------------
+    def model_config(self, model: str) -> dict[str, Any]:
+        try:
+            if self.protocol == "grpc":
+                from google.protobuf.json_format import MessageToDict
+
+                cfg = self._grpc.get_model_config(model).config
+                return MessageToDict(cfg, preserving_proto_field_name=True)
+            return dict(self._http.get_model_config(model))
+        except Exception as exc:  # tritonclient raises its own exception types per protocol
+            raise RuntimeFailure(
+                f"cannot read the config of model {model!r} at {self.url} ({self.protocol}): {exc}. "
+                "Is the server running (trtbuild serve) and the model name right?"
+            ) from exc
+
+    def is_decoupled(self, model: str) -> bool:
+        if model not in self._decoupled:
+            cfg = self.model_config(model)
+            decoupled = bool(cfg.get("model_transaction_policy", {}).get("decoupled", False))
+            if cfg.get("platform") == "ensemble":
+                steps = cfg.get("ensemble_scheduling", {}).get("step", [])
+                decoupled = any(self.is_decoupled(s["model_name"]) for s in steps)
+            self._decoupled[model] = decoupled
+        return self._decoupled[model]
+
+    # -- generation -------------------------------------------------------------------------------
+    def generate(
+        self, spec: InferSpec, on_piece: Callable[[str], None] | None = None
+    ) -> Generation:
+        """Run one request to completion (streamed or not) and collect every piece."""
+        result = Generation()
+        start = time.perf_counter()
+        for piece, tokens in self._pieces(spec):
+            now = time.perf_counter() - start
+            if piece and result.ttft_s is None:
+                result.ttft_s = now
+            result.pieces.append(piece)
+            result.piece_times.append(now)
+            result.tokens = max(result.tokens, tokens)
+            if on_piece is not None:
+                on_piece(piece)
+        result.latency_s = time.perf_counter() - start
+        result.text = "".join(result.pieces)
+        return result
+
+    def stream_pieces(self, spec: InferSpec) -> Iterator[str]:
+        """The text pieces of one request as they arrive."""
+        for piece, _ in self._pieces(spec):
+            yield piece
+
+    def _pieces(self, spec: InferSpec) -> Iterator[tuple[str, int]]:
+        """(text piece, generated tokens so far) for each response."""
+        inputs = request_inputs(spec)
+        decoupled = self.is_decoupled(spec.model)
+        if spec.stream and not decoupled:
+            raise UserError(
+                f"model {spec.model!r} is not decoupled and cannot stream; use --model ensemble "
+                "or drop --stream"
+            )
+        if not decoupled:
+            yield self._infer(spec.model, inputs)
+        elif self.protocol == "grpc":
+            yield from self._grpc_stream(spec.model, inputs)
+        else:
+            yield from self._http_generate(spec.model, inputs, spec.stream)
+
+    def _infer(self, model: str, inputs: dict[str, Any]) -> tuple[str, int]:
+        if self.protocol == "grpc":
+            import tritonclient.grpc as mod
+        else:
+            import tritonclient.http as mod
+        tensors = []
+        for name, value in inputs.items():
+            arr, dtype = _array(name, value)
+            t = mod.InferInput(name, list(arr.shape), dtype)
+            t.set_data_from_numpy(arr)
+            tensors.append(t)
+        outputs = [
+            mod.InferRequestedOutput("text_output"),
+            mod.InferRequestedOutput("num_output_tokens"),
+        ]
+        client = self._grpc if self.protocol == "grpc" else self._http
+        try:
+            kwargs = {"client_timeout": self.timeout} if self.protocol == "grpc" else {}
+            result = client.infer(model, tensors, outputs=outputs, **kwargs)
+        except Exception as exc:
+            raise _server_error(model, exc) from exc
+        return _text(result.as_numpy("text_output")), _count(result.as_numpy("num_output_tokens"))
+
+    def _grpc_stream(self, model: str, inputs: dict[str, Any]) -> Iterator[tuple[str, int]]:
+        import tritonclient.grpc as grpcclient
+
+        responses: queue.Queue[tuple[Any, Any]] = queue.Queue()
+        tensors = []
+        for name, value in inputs.items():
+            arr, dtype = _array(name, value)
+            t = grpcclient.InferInput(name, list(arr.shape), dtype)
+            t.set_data_from_numpy(arr)
+            tensors.append(t)
+        self._grpc.start_stream(
+            callback=lambda result, error: responses.put((result, error)),
+            stream_timeout=self.timeout,
+        )
+        try:
+            wanted = [
+                grpcclient.InferRequestedOutput(n) for n in ("text_output", "num_output_tokens")
+            ]
+            self._grpc.async_stream_infer(
+                model, tensors, enable_empty_final_response=True, outputs=wanted
+            )
+            while True:
+                try:
+                    result, error = responses.get(timeout=self.timeout)
+                except queue.Empty as exc:
+                    raise InferenceError(
+                        f"{model}: no response within {self.timeout:.0f} s"
+                    ) from exc
+                if error is not None:
+                    raise _server_error(model, error)
+                response = result.get_response()
+                final = response.parameters.get("triton_final_response")
+                if result.as_numpy("text_output") is not None:
+                    yield (
+                        _text(result.as_numpy("text_output")),
+                        _count(result.as_numpy("num_output_tokens")),
+                    )
+                if final is not None and final.bool_param:
+                    return
+        finally:
+            self._grpc.stop_stream(cancel_requests=True)
+
+    def _http_generate(
+        self, model: str, inputs: dict[str, Any], stream: bool
+    ) -> Iterator[tuple[str, int]]:
+        endpoint = "generate_stream" if stream else "generate"
+        body = json.dumps(inputs).encode("utf-8")
+        request = urllib.request.Request(
+            f"http://{self.url}/v2/models/{model}/{endpoint}",
+            data=body,
+            method="POST",
+            headers={"Content-Type": "application/json"},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as resp:  # noqa: S310
+                if not stream:
+                    yield _json_text(json.loads(resp.read()), model)
+                    return
+                for raw in resp:
+                    line = raw.decode("utf-8").strip()
+                    if line.startswith("data:"):
+                        yield _json_text(json.loads(line[5:]), model)
+        except urllib.error.HTTPError as exc:
+            detail = exc.read().decode("utf-8", "replace")
+            with contextlib.suppress(json.JSONDecodeError, AttributeError):
+                detail = json.loads(detail).get("error", detail)
+            cls = InvalidRequest if exc.code == 400 else InferenceError
+            raise cls(f"{model}: {detail}") from exc
+        except urllib.error.URLError as exc:
+            raise RuntimeFailure(
+                f"cannot reach http://{self.url}: {exc.reason}; is the server running?"
+            ) from exc
+
+
+def _json_text(payload: dict[str, Any], model: str) -> tuple[str, int]:
+    if "error" in payload:
+        raise InferenceError(f"{model}: {payload['error']}")
+    value = payload.get("text_output", "")
+    text = "".join(value) if isinstance(value, list) else str(value)
+    return text, _count(payload.get("num_output_tokens"))
+
+
+def _count(value: Any) -> int:
+    if value is None:
+        return 0
+    flat = np.asarray(value).reshape(-1)
+    return int(flat[0]) if flat.size else 0
+
+
+def _text(arr: Any) -> str:
+    flat = np.asarray(arr).reshape(-1)
+    return "".join(v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in flat)
+
+
+def _server_error(model: str, exc: Any) -> InferenceError | InvalidRequest:
+    """INVALID_ARGUMENT (gRPC) / 400 (HTTP) means the request was bad: a user error (exit 2)."""
+    status = getattr(exc, "status", None)
+    status = str(status() if callable(status) else status or "")
+    invalid = "INVALID_ARGUMENT" in status or status == "400"
+    return (InvalidRequest if invalid else InferenceError)(f"{model}: {_message(exc)}")
+
+
+def _message(exc: Any) -> str:
+    msg = getattr(exc, "message", None)
+    text = msg() if callable(msg) else (msg or str(exc))
+    return str(text).strip()
+
+
+def run_infer(spec: InferSpec, out: TextIO) -> Generation:
+    """``trtbuild infer``: print the text (as it arrives when streaming), then stats on stderr."""
+    import sys
+
+    def write(piece: str) -> None:
+        out.write(piece)
+        out.flush()
+
+    with Client(spec.url, spec.protocol, spec.timeout) as client:
+        result = client.generate(spec, on_piece=write if spec.stream else None)
+    out.write(("" if spec.stream else result.text) + "\n")
+    ttft = f"{result.ttft_s * 1000:.1f} ms" if result.ttft_s is not None else "n/a"
+    print(
+        f"[{spec.model} via {spec.protocol}: {result.tokens} tokens, first text after {ttft}, "
+        f"total {result.latency_s * 1000:.1f} ms]",
+        file=sys.stderr,
+    )
+    return result

@@ -1,0 +1,191 @@
+"""Render Triton model repositories from the templates, strictly.
+
+One Jinja environment (``StrictUndefined``: a missing value is an error, never an empty string).
+Every ``{{ value }}`` passes through ``_finalize``: strings are quoted and escaped for pbtxt,
+booleans become ``true``/``false``; enum identifiers must be marked with the ``ident`` filter. The
+repository is rendered into a temp dir, every ``config.pbtxt`` is parsed as a Triton
+``ModelConfig`` and the ensemble wiring is checked, and only then is it renamed into place.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import json
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import jinja2
+from markupsafe import Markup
+
+from trtbuild._atomic import atomic_dir
+from trtbuild.errors import SpecError, TrtbuildError
+from trtbuild.specs import RepoSpec
+
+SPEC_FILE = "trtbuild-repo.json"
+RUNTIME_DIR = Path(__file__).parent / "runtime"
+_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$|^-?\d+(, -?\d+)*$")
+
+
+class TemplateRenderError(TrtbuildError):
+    """A template could not be rendered or produced an invalid config (a bug in trtbuild)."""
+
+
+def templates_root() -> Path:
+    return Path(str(importlib.resources.files("trtbuild.model_repository_templates")))
+
+
+def pbtxt_string(value: str) -> str:
+    """A pbtxt string literal: quoted, with backslash, quote and control characters escaped."""
+    out = []
+    for ch in value:
+        if ch in ('"', "\\"):
+            out.append("\\" + ch)
+        elif ch == "\n":
+            out.append("\\n")
+        elif ch == "\r":
+            out.append("\\r")
+        elif ch == "\t":
+            out.append("\\t")
+        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
+            out.append(f"\\{ord(ch):03o}")
+        else:
+            out.append(ch)
+    return '"' + "".join(out) + '"'
+
+
+def _finalize(value: Any) -> Markup:
+    """Autoescape is on so that macro output arrives as ``Markup`` (already rendered config text);
+    every other value is turned into pbtxt here, and strings are always quoted and escaped."""
+    if isinstance(value, Markup):
+        return value
+    if isinstance(value, jinja2.Undefined):
+        str(value)  # StrictUndefined raises UndefinedError naming the missing variable
+    if isinstance(value, bool):
+        return Markup("true" if value else "false")
+    if isinstance(value, int | float):
+        return Markup(repr(value))
+    if isinstance(value, str | Path):
+        return Markup(pbtxt_string(str(value)))
+    raise TemplateRenderError(f"cannot render {type(value).__name__} {value!r} into a config")
+
+
+def _ident(value: Any) -> Markup:
+    """Mark an enum name or a dims list to be rendered bare (validated, never free text)."""
+    text = str(value)
+    if not _IDENT.match(text):
+        raise TemplateRenderError(f"{text!r} is not an identifier; render it as a string")
+    return Markup(text)
+
+
+def _pbstring(value: Any) -> str:
+    """Parameters are strings in Triton configs: stringify a bool/number/str/path value."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        raise TemplateRenderError("a parameter value is None")
+    return str(value)
+
+
+def jinja_env() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(templates_root())),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        autoescape=True,
+        finalize=_finalize,
+    )
+    env.filters["ident"] = _ident
+    env.filters["pbstring"] = _pbstring
+    return env
+
+
+def parse_config(text: str, where: str) -> Any:
+    """Parse a config.pbtxt as Triton's ``ModelConfig``; raise with the file and line on error."""
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    config = model_config_pb2.ModelConfig()
+    try:
+        text_format.Parse(text, config)
+    except text_format.ParseError as exc:
+        raise TemplateRenderError(f"{where}: not a valid Triton model config: {exc}") from exc
+    return config
+
+
+def render_model_dir(
+    env: jinja2.Environment,
+    src: str,
+    dst: Path,
+    context: dict[str, Any],
+    extra_files: dict[str, Path] | None = None,
+) -> None:
+    """Render ``templates/<src>``: ``*.j2`` through Jinja, everything else copied verbatim."""
+    root = templates_root() / src
+    if not root.is_dir():
+        raise TemplateRenderError(f"no template folder {src!r}")
+    for path in sorted(root.rglob("*")):
+        if path.is_dir() or "__pycache__" in path.parts:
+            continue
+        rel = path.relative_to(root)
+        target = dst / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if path.suffix == ".j2":
+            name = f"{src}/{rel}"
+            try:
+                text = env.get_template(name).render(context)
+            except jinja2.UndefinedError as exc:
+                raise TemplateRenderError(f"{name}: {exc.message}") from exc
+            target.with_suffix("").write_text(text)
+        else:
+            shutil.copy2(path, target)
+    (dst / "1").mkdir(parents=True, exist_ok=True)  # Triton needs a version dir, even for ensembles
+    for rel_name, source in (extra_files or {}).items():
+        (dst / rel_name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source, dst / rel_name)
+
+
+def load_configs(repo: Path) -> dict[str, Any]:
+    """Parse every ``<model>/config.pbtxt`` of a repository."""
+    return {
+        p.parent.name: parse_config(p.read_text(), str(p))
+        for p in sorted(repo.glob("*/config.pbtxt"))
+    }
+
+
+def render_repository(spec: RepoSpec, out_dir: Path, *, force: bool = False) -> Path:
+    """Render the repository that ``spec`` describes into ``out_dir`` (atomically)."""
+    from trtbuild.ensembles import kind_for
+
+    kind = kind_for(spec)
+    env = jinja_env()
+    with atomic_dir(out_dir, force=force) as tmp:
+        for model, (template, extra) in kind.models(spec).items():
+            render_model_dir(env, template, tmp / model, kind.context(spec, model), extra)
+        configs = load_configs(tmp)
+        findings = kind.check(configs)
+        if findings:
+            raise TemplateRenderError(
+                "rendered repository is inconsistent:\n  " + "\n  ".join(findings)
+            )
+        (tmp / SPEC_FILE).write_text(
+            json.dumps({"kind": kind.KIND, "spec": spec.model_dump(mode="json")}, indent=2) + "\n"
+        )
+    return out_dir
+
+
+def read_repo_spec(repo: Path) -> RepoSpec:
+    path = Path(repo) / SPEC_FILE
+    if not path.is_file():
+        raise SpecError(f"{repo} has no {SPEC_FILE}; it was not rendered by trtbuild")
+    return RepoSpec.model_validate(json.loads(path.read_text())["spec"])
+
+
+def preflight(repo: Path) -> dict[str, Any]:
+    """Before serving: every config parses; a trtbuild repository's spec still validates."""
+    repo = Path(repo)
+    configs = load_configs(repo)
+    if not configs:
+        raise SpecError(f"{repo} holds no */config.pbtxt; render a repository with `trtbuild repo`")
+    return configs
