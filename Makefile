@@ -25,8 +25,11 @@ demo: setup
 test: setup
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
-test-gpu: setup
-	$(VENV)/bin/pytest -m gpu $(PYTEST_ARGS)
+# Inside the NGC container (nvcr.io/nvidia/tritonserver:26.07-trtllm-python-py3): the container's
+# own Python, which has TensorRT-LLM and CUDA torch; see docs/engine.md for the docker run line.
+test-gpu:
+	python3 -m pip install -q --no-deps -e . && python3 -m pip install -q pytest pytest-timeout
+	python3 -m pytest -m gpu tests/gpu -p no:cacheprovider -W ignore::DeprecationWarning -W ignore::FutureWarning $(PYTEST_ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff format --check .

@@ -8,17 +8,9 @@ import os
 import shutil
 from pathlib import Path
 
+from trtbuild.download import TOKENIZER_FILES  # one list of what a tokenizer is made of
+
 LINK_MIN_BYTES = 1 << 20  # smaller files are copied (tokenizer files may be rewritten)
-TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "tokenizer.model",
-    "vocab.json",
-    "merges.txt",
-    "added_tokens.json",
-    "chat_template.jinja",
-)
 MODEL_FILES = ("config.json", "generation_config.json")
 
 
@@ -36,9 +28,10 @@ def copy_tokenizer(checkpoint: Path, dst: Path, *, with_model_files: bool = True
     """Copy the tokenizer (and the HF config files AutoTokenizer may need), then normalise it."""
     dst.mkdir(parents=True, exist_ok=True)
     names = (*MODEL_FILES, *TOKENIZER_FILES) if with_model_files else TOKENIZER_FILES
-    for name in names:
-        if (checkpoint / name).is_file():
-            shutil.copy2(checkpoint / name, dst / name)
+    for pattern in names:  # names, or patterns such as *.tiktoken
+        for src in sorted(checkpoint.glob(pattern)):
+            if src.is_file():
+                shutil.copy2(src, dst / src.name)
     normalise_tokenizer_config(dst)
 
 

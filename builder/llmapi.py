@@ -10,6 +10,7 @@ validated settings. Nothing is cached: linking the checkpoint is already instant
 
 from __future__ import annotations
 
+import fnmatch
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,11 @@ def write_llmapi(checkpoint: Path, out: Path) -> None:
     for path in sorted(checkpoint.rglob("*")):
         rel = path.relative_to(checkpoint)
         hidden = any(part.startswith(".") for part in rel.parts)
-        if hidden or not path.is_file() or rel.as_posix() in copied:
+        if (
+            hidden
+            or not path.is_file()
+            or any(fnmatch.fnmatchcase(rel.as_posix(), c) for c in copied)
+        ):
             continue
         link_or_copy(path, out / rel)
     copy_tokenizer(checkpoint, out)  # fresh copies (never links): safe to normalise

@@ -31,21 +31,42 @@ class NameSet:
 
     seed: str = "seed"
     min_tokens: str = "min_tokens"
+    # return_num_input_tokens/return_num_output_tokens in, num_input_tokens/num_output_tokens out:
+    # in the newer templates, not in tensorrtllm_backend v0.19.0's
+    num_tokens: bool = True
 
 
 NAMES_1X = NameSet()
-NAMES_PRE_020 = NameSet(seed="random_seed", min_tokens="min_length")
+NAMES_PRE_020 = NameSet(seed="random_seed", min_tokens="min_length", num_tokens=False)
+NUM_TOKENS_INPUTS = ("return_num_input_tokens", "return_num_output_tokens")
+NUM_TOKENS_OUTPUTS = ("num_input_tokens", "num_output_tokens")
+
+
+def version_tuple(version: str) -> tuple[int, int]:
+    """``"1.2.1"`` -> ``(1, 2)``; ``"0.19.0.dev2025"`` -> ``(0, 19)``."""
+    parts = []
+    for piece in version.split(".")[:2]:
+        digits = "".join(ch for ch in piece if ch.isdigit()) if piece[:1].isdigit() else ""
+        parts.append(int(digits) if digits else 0)
+    return (parts + [0, 0])[0], (parts + [0, 0])[1]
 
 
 def names_for(trtllm_version: str) -> NameSet:
     """``seed``/``min_tokens`` from TensorRT-LLM 0.20 on; the old names before."""
-    parts = [int(p) for p in trtllm_version.split(".")[:2] if p.isdigit()]
-    major, minor = (parts + [0, 0])[:2]
-    return NAMES_PRE_020 if (major, minor) < (0, 20) else NAMES_1X
+    return NAMES_PRE_020 if version_tuple(trtllm_version) < (0, 20) else NAMES_1X
+
+
+def _version_filter(tensors: list[Tensor], n: NameSet) -> list[Tensor]:
+    drop = () if n.num_tokens else (*NUM_TOKENS_INPUTS, *NUM_TOKENS_OUTPUTS)
+    return [t for t in tensors if t.name not in drop]
 
 
 # -- tensorrt_llm (core model) --------------------------------------------------------------------
 def core_inputs(n: NameSet = NAMES_1X) -> list[Tensor]:
+    return _version_filter(_core_inputs(n), n)
+
+
+def _core_inputs(n: NameSet) -> list[Tensor]:
     return [
         opt("input_ids", "INT32", -1, ragged=True),
         opt("encoder_input_features", "FP16", -1, -1, ragged=True),
@@ -96,7 +117,7 @@ def core_inputs(n: NameSet = NAMES_1X) -> list[Tensor]:
     ]
 
 
-CORE_OUTPUTS = [
+_CORE_OUTPUTS = [
     out("output_ids", "INT32", -1, -1),
     out("sequence_length", "INT32", -1),
     out("cum_log_probs", "FP32", -1),
@@ -118,12 +139,23 @@ CORE_OUTPUTS = [
     out("num_input_tokens", "INT32", 1),
     out("num_output_tokens", "INT32", 1),
 ]
+
+
+def core_outputs(n: NameSet = NAMES_1X) -> list[Tensor]:
+    return _version_filter(_CORE_OUTPUTS, n)
+
+
+CORE_OUTPUTS = core_outputs()
 # Only the portable runtime produces this: the incrementally detokenized text of each response.
 PORTABLE_TEXT_OUTPUT = out("output_text", "STRING", -1)
 
 
 # -- ensemble / BLS (what clients send) ------------------------------------------------------------
 def client_inputs(n: NameSet = NAMES_1X) -> list[Tensor]:
+    return _version_filter(_client_inputs(n), n)
+
+
+def _client_inputs(n: NameSet) -> list[Tensor]:
     return [
         req("text_input", "STRING"),
         opt("decoder_text_input", "STRING"),
@@ -165,9 +197,15 @@ def client_inputs(n: NameSet = NAMES_1X) -> list[Tensor]:
 
 
 TEXT_OUTPUT = out("text_output", "STRING", -1)
-# Ensemble outputs: text, plus every core output except the raw tokens (each declared once:
-# upstream's ensemble declares kv_cache_alloc_total_blocks twice).
-ENSEMBLE_PASSTHROUGH = [t for t in CORE_OUTPUTS if t.name not in ("output_ids", "sequence_length")]
+
+
+def ensemble_passthrough(n: NameSet = NAMES_1X) -> list[Tensor]:
+    """Ensemble outputs besides text: every core output except the raw tokens, each declared once
+    (upstream's ensemble declares kv_cache_alloc_total_blocks twice)."""
+    return [t for t in core_outputs(n) if t.name not in ("output_ids", "sequence_length")]
+
+
+ENSEMBLE_PASSTHROUGH = ensemble_passthrough()
 
 # -- preprocessing / postprocessing ------------------------------------------------------------------
 PRE_INPUTS = [
@@ -198,7 +236,6 @@ PRE_OUTPUTS = [
 POST_INPUTS = [
     req("TOKENS_BATCH", "INT32", -1, -1),
     req("SEQUENCE_LENGTH", "INT32", -1),
-    opt("OUTPUT_TEXT", "STRING", -1),
 ]
 POST_OUTPUTS = [out("OUTPUT", "STRING", -1)]
 
@@ -268,8 +305,7 @@ def ensemble_steps(n: NameSet = NAMES_1X, *, portable: bool) -> list[Step]:
         "return_context_logits": "return_context_logits",
         "return_generation_logits": "return_generation_logits",
         "return_perf_metrics": "return_perf_metrics",
-        "return_num_input_tokens": "return_num_input_tokens",
-        "return_num_output_tokens": "return_num_output_tokens",
+        **({name: name for name in NUM_TOKENS_INPUTS} if n.num_tokens else {}),
         "num_return_sequences": "num_return_sequences",
         "beam_width": "beam_width",
         "streaming": "stream",
@@ -284,12 +320,16 @@ def ensemble_steps(n: NameSet = NAMES_1X, *, portable: bool) -> list[Step]:
         "guided_decoding_guide_type": "guided_decoding_guide_type",
         "guided_decoding_guide": "guided_decoding_guide",
     }
-    core_out = {"output_ids": "_TOKENS_BATCH", "sequence_length": "_SEQUENCE_LENGTH"}
-    core_out.update({t.name: t.name for t in ENSEMBLE_PASSTHROUGH})
-    post_in = {"TOKENS_BATCH": "_TOKENS_BATCH", "SEQUENCE_LENGTH": "_SEQUENCE_LENGTH"}
+    core_out = {t.name: t.name for t in ensemble_passthrough(n)}
     if portable:
-        core_out["output_text"] = "_OUTPUT_TEXT"
-        post_in["OUTPUT_TEXT"] = "_OUTPUT_TEXT"
+        # The portable runtime detokenizes incrementally where each request's state already lives
+        # and sends the text with every streamed token. A postprocessing hop would only pass it on,
+        # and each Python-backend hop costs about 0.5 ms of CPU per streamed token (tritonserver
+        # plus the stub: measured by scripts/bench.py on 2 cores), more than the runtime itself.
+        core_out["output_text"] = "text_output"
+        return [pre, Step("tensorrt_llm", core_in, core_out)]
+    core_out.update({"output_ids": "_TOKENS_BATCH", "sequence_length": "_SEQUENCE_LENGTH"})
+    post_in = {"TOKENS_BATCH": "_TOKENS_BATCH", "SEQUENCE_LENGTH": "_SEQUENCE_LENGTH"}
     return [
         pre,
         Step("tensorrt_llm", core_in, core_out),
@@ -304,13 +344,14 @@ def _runtime_file(name: str) -> Path:
     return Path(trtbuild.runtime.__file__).parent / name
 
 
-def models(spec: RepoSpec) -> dict[str, tuple[str, dict[str, Path]]]:
-    """Model name -> (template folder, extra files copied into the model dir)."""
-    detok = {"1/_trtbuild_detok.py": _runtime_file("detok.py")}
-    core_extra = (
+def models(spec: RepoSpec) -> dict[str, tuple[str, dict[str, Path | None]]]:
+    """Model name -> (template folder, extra files copied into the model dir; ``None`` leaves a
+    template file out)."""
+    detok: dict[str, Path | None] = {"1/_trtbuild_detok.py": _runtime_file("detok.py")}
+    core_extra: dict[str, Path | None] = (
         {**detok, "1/_trtbuild_engine.py": _runtime_file("engine.py")}
         if spec.runtime == "torch"
-        else {}
+        else {"1/model.py": None}  # TensorRT-LLM's C++ backend: no Python in the core model
     )
     return {
         "ensemble": (f"{KIND}/ensemble", {}),
@@ -321,11 +362,21 @@ def models(spec: RepoSpec) -> dict[str, tuple[str, dict[str, Path]]]:
     }
 
 
+def names(spec: RepoSpec) -> NameSet:
+    """The portable runtime speaks the newest names; TensorRT-LLM's C++ backend its version's."""
+    return names_for(spec.trtllm_version) if spec.runtime == "tensorrtllm" else NAMES_1X
+
+
+def decoding_mode(spec: RepoSpec) -> str:
+    if spec.decoding_mode != "auto":
+        return spec.decoding_mode
+    return "beam_search" if spec.max_beam_width > 1 else "top_k_top_p"
+
+
 def context(spec: RepoSpec, model: str) -> dict[str, Any]:
     portable = spec.runtime == "torch"
-    n = NAMES_1X
-    core_outputs = [*CORE_OUTPUTS, PORTABLE_TEXT_OUTPUT] if portable else CORE_OUTPUTS
-    post_inputs = POST_INPUTS if portable else [t for t in POST_INPUTS if t.name != "OUTPUT_TEXT"]
+    n = names(spec)
+    outputs = [*core_outputs(n), PORTABLE_TEXT_OUTPUT] if portable else core_outputs(n)
     ctx: dict[str, Any] = spec.model_dump(mode="python")
     ctx.update(
         engine_dir=str(Path(spec.engine_dir).resolve()),
@@ -334,15 +385,36 @@ def context(spec: RepoSpec, model: str) -> dict[str, Any]:
         model=model,
         pre_inputs=PRE_INPUTS,
         pre_outputs=PRE_OUTPUTS,
-        post_inputs=post_inputs,
+        post_inputs=POST_INPUTS,
         post_outputs=POST_OUTPUTS,
         core_inputs=core_inputs(n),
-        core_outputs=core_outputs,
+        core_outputs=outputs,
         client_inputs=client_inputs(n),
-        ensemble_outputs=[TEXT_OUTPUT, *ENSEMBLE_PASSTHROUGH],
+        ensemble_outputs=[TEXT_OUTPUT, *ensemble_passthrough(n)],
         steps=ensemble_steps(n, portable=portable),
+        # TensorRT-LLM's C++ backend (runtime tensorrtllm)
+        core_instance_count=max(1, len(spec.gpu_device_ids)),
+        resolved_decoding_mode=decoding_mode(spec),
+        gpu_device_ids_param=";".join(",".join(map(str, g)) for g in spec.gpu_device_ids),
     )
     return ctx
+
+
+def spec_findings(spec: RepoSpec) -> list[str]:
+    """Consistency rules on the spec (engine facts included), before anything is rendered."""
+    from trtbuild.ensembles._rules import common_findings
+
+    findings = common_findings(spec)
+    if spec.runtime == "tensorrtllm" and version_tuple(spec.trtllm_version) >= (1, 3):
+        findings.append(
+            f"TensorRT-LLM {spec.trtllm_version} has no engine (C++) backend; serve with "
+            "--runtime llmapi, or target TensorRT-LLM 1.2.x (Triton 26.07-trtllm-python-py3)"
+        )
+    if spec.decoding_mode == "beam_search" and spec.max_beam_width == 1:
+        findings.append(
+            "decoding_mode beam_search needs max_beam_width > 1; use decoding_mode auto"
+        )
+    return findings
 
 
 def check(configs: dict[str, Any]) -> list[str]:

@@ -118,21 +118,13 @@ def served(
     """A real tritonserver serving the portable inflight-batching repository."""
     from trtbuild.repository import render_repository
     from trtbuild.server import TritonServer
-    from trtbuild.specs import RepoSpec, RuntimeLimits, ServeSpec
-    from trtbuild.tiny_model import EOS_ID, EOT_ID, PAD_ID
+    from trtbuild.specs import RuntimeLimits, ServeSpec
+    from trtbuild.tiny_model import repo_spec
 
-    spec = RepoSpec(
-        runtime="torch",
-        engine_dir=portable_engine,
-        tokenizer_dir=portable_engine,
-        end_id=EOS_ID,
-        pad_id=PAD_ID,
-        stop_token_ids=[EOT_ID, chat_end_token[0]],
-        num_threads=2,
-        limits=RuntimeLimits(
-            max_batch_size=16, max_input_len=256, max_seq_len=512, max_num_tokens=512
-        ),
+    limits = RuntimeLimits(
+        max_batch_size=16, max_input_len=256, max_seq_len=512, max_num_tokens=512
     )
+    spec = repo_spec(portable_engine, extra_end_ids=(chat_end_token[0],), limits=limits)
     repo = render_repository(spec, tmp_path_factory.mktemp("served") / "repository")
     # shutdown_grace: Triton 2.51 keeps a decoupled model loaded after it rejected a gRPC stream
     # request for a wrong input dtype (test_max_tokens_zero_and_wrong_dtype_are_refused does that)

@@ -469,6 +469,106 @@ def cache_prune(older_than: float | None, everything: bool) -> None:
 
 
 # -- repo, check (issue 5) ------------------------------------------------------------------------------
+@cli.command(
+    epilog="""Examples:
+
+\b
+  trtbuild repo ./engine --out ./repository                  # runtime from the engine's manifest
+  trtbuild repo ./engine --out ./repository --plan plan.json --no-streaming
+  trtbuild repo ./llama-3.1-8b-fp8 --out ./repository --runtime llmapi
+  trtbuild repo ./engine --out ./repository --tokenizer ./llama-3.1-8b --force
+
+\b
+Every value comes from the engine directory (TensorRT-LLM's config.json, trtbuild-engine.json),
+the tokenizer (end, pad and extra end tokens) and --plan; the result is checked before it is
+written, and the spec is saved as DIR/trtbuild-repo.json."""
+)
+@click.argument("engine_dir", type=click.Path(path_type=Path))
+@click.option(
+    "--out", required=True, type=click.Path(path_type=Path), help="Repository directory to write."
+)
+@click.option(
+    "--runtime",
+    type=click.Choice(["tensorrtllm", "llmapi", "torch"]),
+    help="TensorRT-LLM C++ backend, TensorRT-LLM llmapi model, or the portable runtime "
+    "[default: the engine's manifest].",
+)
+@click.option(
+    "--tokenizer",
+    type=click.Path(path_type=Path),
+    help="Hugging Face tokenizer directory [default: the engine's].",
+)
+@click.option(
+    "--streaming/--no-streaming",
+    default=True,
+    show_default=True,
+    help="Decoupled core model: tokens stream through the ensemble.",
+)
+@click.option(
+    "--plan",
+    "plan_file",
+    type=click.Path(path_type=Path),
+    help="A 'trtbuild plan --json' file: limits, KV-cache memory, replicas.",
+)
+@click.option(
+    "--force", is_flag=True, help="Replace a non-empty --out; accept a mismatched engine."
+)
+def repo(
+    engine_dir: Path,
+    out: Path,
+    runtime: str | None,
+    tokenizer: Path | None,
+    streaming: bool,
+    plan_file: Path | None,
+    force: bool,
+) -> None:
+    """Render the Triton model repository that serves ENGINE_DIR."""
+    from trtbuild.repo import make_repository
+    from trtbuild.specs import RepoOptions
+
+    result = make_repository(
+        RepoOptions(
+            engine_dir=engine_dir,
+            out=out,
+            runtime=runtime,
+            tokenizer=tokenizer,
+            streaming=streaming,
+            plan=plan_file,
+            force=force,
+        )
+    )
+    for note in result.notes:
+        _echo_err(f"note: {note}")
+    click.echo(result.summary())
+
+
+@cli.command(
+    epilog="""Examples:
+
+\b
+  trtbuild check ./repository
+  trtbuild check ./all_models/inflight_batcher_llm --engine ./engine   # a hand-written one
+
+\b
+Prints one finding per line, MODEL: message (fix: ...), and exits 1 when there is any."""
+)
+@click.argument("repo_dir", type=click.Path(path_type=Path))
+@click.option(
+    "--engine",
+    type=click.Path(path_type=Path),
+    help="Engine (or checkpoint) directory to check against [default: the path in the config].",
+)
+def check(repo_dir: Path, engine: Path | None) -> None:
+    """Lint a Triton model repository for TensorRT-LLM (trtbuild's or hand-written)."""
+    from trtbuild.check import CheckFailed, check_repository
+    from trtbuild.specs import CheckOptions
+
+    findings = check_repository(CheckOptions(repo=repo_dir, engine=engine))
+    for finding in findings:
+        click.echo(str(finding))
+    if findings:
+        raise CheckFailed(f"{len(findings)} finding(s) in {repo_dir}")
+    _echo_err(f"{repo_dir}: no findings")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -83,12 +83,50 @@ _DTYPES = {
 _NP = {"BYTES": object, "INT32": np.int32, "BOOL": bool, "FP32": np.float32, "UINT64": np.uint64}
 
 
-def _array(name: str, value: Any) -> tuple[np.ndarray, str]:
+# Inputs trtbuild adds on its own: left out, silently, for a model that does not declare them.
+_IMPLICIT = {"return_num_output_tokens", "stream"}
+
+
+@dataclass(frozen=True)
+class ModelIO:
+    """What a served model accepts, read from its config."""
+
+    decoupled: bool
+    batched: bool  # max_batch_size > 0: every tensor carries a leading batch dimension
+    inputs: frozenset[str]
+    outputs: frozenset[str]
+
+    def select(self, model: str, values: dict[str, Any]) -> dict[str, Any]:
+        unknown = sorted(n for n in values if n not in self.inputs and n not in _IMPLICIT)
+        if unknown:
+            raise UserError(
+                f"model {model!r} has no input {', '.join(unknown)}; pick another --model"
+            )
+        return {n: v for n, v in values.items() if n in self.inputs}
+
+    def wanted(self) -> list[str]:
+        return [n for n in ("text_output", "num_output_tokens") if n in self.outputs]
+
+
+def _array(name: str, value: Any, batched: bool) -> tuple[np.ndarray, str]:
     dtype = _DTYPES.get(name, "INT32")
     if dtype == "BYTES":
         values = value if isinstance(value, list) else [value]
-        return np.array([[v.encode("utf-8") for v in values]], dtype=object), dtype
-    return np.array([[value]], dtype=_NP[dtype]), dtype
+        arr = np.array([v.encode("utf-8") for v in values], dtype=object)
+    else:
+        arr = np.array([value], dtype=_NP[dtype])
+    return (arr[np.newaxis] if batched else arr), dtype
+
+
+def _infer_inputs(module: Any, inputs: dict[str, Any], batched: bool) -> list[Any]:
+    """``InferInput`` objects of ``module`` (tritonclient.grpc or .http) for the named values."""
+    tensors = []
+    for name, value in inputs.items():
+        arr, dtype = _array(name, value, batched)
+        tensor = module.InferInput(name, list(arr.shape), dtype)
+        tensor.set_data_from_numpy(arr)
+        tensors.append(tensor)
+    return tensors
 
 
 class Client:
@@ -98,7 +136,7 @@ class Client:
         self.url = url
         self.protocol = protocol
         self.timeout = timeout
-        self._decoupled: dict[str, bool] = {}
+        self._io: dict[str, ModelIO] = {}
         if protocol == "grpc":
             import tritonclient.grpc as grpcclient
 
@@ -136,15 +174,23 @@ class Client:
                 "Is the server running (trtbuild serve) and the model name right?"
             ) from exc
 
-    def is_decoupled(self, model: str) -> bool:
-        if model not in self._decoupled:
+    def model_io(self, model: str) -> ModelIO:
+        if model not in self._io:
             cfg = self.model_config(model)
             decoupled = bool(cfg.get("model_transaction_policy", {}).get("decoupled", False))
             if cfg.get("platform") == "ensemble":
                 steps = cfg.get("ensemble_scheduling", {}).get("step", [])
-                decoupled = any(self.is_decoupled(s["model_name"]) for s in steps)
-            self._decoupled[model] = decoupled
-        return self._decoupled[model]
+                decoupled = any(self.model_io(s["model_name"]).decoupled for s in steps)
+            self._io[model] = ModelIO(
+                decoupled=decoupled,
+                batched=int(cfg.get("max_batch_size", 0)) > 0,
+                inputs=frozenset(t["name"] for t in cfg.get("input", [])),
+                outputs=frozenset(t["name"] for t in cfg.get("output", [])),
+            )
+        return self._io[model]
+
+    def is_decoupled(self, model: str) -> bool:
+        return self.model_io(model).decoupled
 
     # -- generation -------------------------------------------------------------------------------
     def generate(
@@ -173,35 +219,27 @@ class Client:
 
     def _pieces(self, spec: InferSpec) -> Iterator[tuple[str, int]]:
         """(text piece, generated tokens so far) for each response."""
-        inputs = request_inputs(spec)
-        decoupled = self.is_decoupled(spec.model)
-        if spec.stream and not decoupled:
+        io = self.model_io(spec.model)
+        if spec.stream and not io.decoupled:
             raise UserError(
                 f"model {spec.model!r} is not decoupled and cannot stream; use --model ensemble "
                 "or drop --stream"
             )
-        if not decoupled:
-            yield self._infer(spec.model, inputs)
+        inputs = io.select(spec.model, request_inputs(spec))
+        if not io.decoupled:
+            yield self._infer(spec.model, inputs, io)
         elif self.protocol == "grpc":
-            yield from self._grpc_stream(spec.model, inputs)
+            yield from self._grpc_stream(spec.model, inputs, io)
         else:
             yield from self._http_generate(spec.model, inputs, spec.stream)
 
-    def _infer(self, model: str, inputs: dict[str, Any]) -> tuple[str, int]:
+    def _infer(self, model: str, inputs: dict[str, Any], io: ModelIO) -> tuple[str, int]:
         if self.protocol == "grpc":
             import tritonclient.grpc as mod
         else:
             import tritonclient.http as mod
-        tensors = []
-        for name, value in inputs.items():
-            arr, dtype = _array(name, value)
-            t = mod.InferInput(name, list(arr.shape), dtype)
-            t.set_data_from_numpy(arr)
-            tensors.append(t)
-        outputs = [
-            mod.InferRequestedOutput("text_output"),
-            mod.InferRequestedOutput("num_output_tokens"),
-        ]
+        tensors = _infer_inputs(mod, inputs, io.batched)
+        outputs = [mod.InferRequestedOutput(name) for name in io.wanted()]
         client = self._grpc if self.protocol == "grpc" else self._http
         try:
             kwargs = {"client_timeout": self.timeout} if self.protocol == "grpc" else {}
@@ -210,24 +248,19 @@ class Client:
             raise _server_error(model, exc) from exc
         return _text(result.as_numpy("text_output")), _count(result.as_numpy("num_output_tokens"))
 
-    def _grpc_stream(self, model: str, inputs: dict[str, Any]) -> Iterator[tuple[str, int]]:
+    def _grpc_stream(
+        self, model: str, inputs: dict[str, Any], io: ModelIO
+    ) -> Iterator[tuple[str, int]]:
         import tritonclient.grpc as grpcclient
 
         responses: queue.Queue[tuple[Any, Any]] = queue.Queue()
-        tensors = []
-        for name, value in inputs.items():
-            arr, dtype = _array(name, value)
-            t = grpcclient.InferInput(name, list(arr.shape), dtype)
-            t.set_data_from_numpy(arr)
-            tensors.append(t)
+        tensors = _infer_inputs(grpcclient, inputs, io.batched)
         self._grpc.start_stream(
             callback=lambda result, error: responses.put((result, error)),
             stream_timeout=self.timeout,
         )
         try:
-            wanted = [
-                grpcclient.InferRequestedOutput(n) for n in ("text_output", "num_output_tokens")
-            ]
+            wanted = [grpcclient.InferRequestedOutput(name) for name in io.wanted()]
             self._grpc.async_stream_infer(
                 model, tensors, enable_empty_final_response=True, outputs=wanted
             )

@@ -19,8 +19,8 @@ from trtbuild.builder.portable import prepare_portable_engine
 from trtbuild.client import Client, Generation
 from trtbuild.repository import render_repository
 from trtbuild.server import TritonServer
-from trtbuild.specs import DemoSpec, InferSpec, RepoSpec, ServeSpec
-from trtbuild.tiny_model import EOS_ID, EOT_ID, PAD_ID, create_tiny_model
+from trtbuild.specs import DemoSpec, InferSpec, ServeSpec
+from trtbuild.tiny_model import create_tiny_model, repo_spec
 
 PROMPTS = [
     ("grpc", "Continuous batching keeps the GPU busy because"),
@@ -58,16 +58,7 @@ def run_demo(spec: DemoSpec) -> list[Generation]:
         t = time.perf_counter()
         engine = prepare_portable_engine(model, work / "engine", force=spec.force)
         _say(f"[2/5] portable-runtime engine -> {engine} ({time.perf_counter() - t:.1f} s)")
-        repo_spec = RepoSpec(
-            runtime="torch",
-            engine_dir=engine,
-            tokenizer_dir=engine,
-            end_id=EOS_ID,
-            pad_id=PAD_ID,
-            stop_token_ids=[EOT_ID],
-            num_threads=2,
-        )
-        repo = render_repository(repo_spec, work / "repository", force=spec.force)
+        repo = render_repository(repo_spec(engine), work / "repository", force=spec.force)
         _say(
             f"[3/5] Triton repository (ensemble, preprocessing, tensorrt_llm, postprocessing, "
             f"tensorrt_llm_bls) -> {repo}"

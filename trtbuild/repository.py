@@ -88,6 +88,14 @@ def _pbstring(value: Any) -> str:
     return str(value)
 
 
+def _yaml(value: Any) -> Markup:
+    """A YAML document (``1/model.yaml``), written by the YAML library so every string is quoted
+    and escaped as YAML needs."""
+    import yaml
+
+    return Markup(yaml.safe_dump(value, sort_keys=False, allow_unicode=True, width=1000).rstrip())
+
+
 def jinja_env() -> jinja2.Environment:
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(templates_root())),
@@ -98,6 +106,7 @@ def jinja_env() -> jinja2.Environment:
     )
     env.filters["ident"] = _ident
     env.filters["pbstring"] = _pbstring
+    env.filters["yaml"] = _yaml
     return env
 
 
@@ -119,9 +128,12 @@ def render_model_dir(
     src: str,
     dst: Path,
     context: dict[str, Any],
-    extra_files: dict[str, Path] | None = None,
+    extra_files: dict[str, Path | None] | None = None,
 ) -> None:
-    """Render ``templates/<src>``: ``*.j2`` through Jinja, everything else copied verbatim."""
+    """Render ``templates/<src>``: ``*.j2`` through Jinja, everything else copied verbatim.
+
+    ``extra_files`` maps a path in the model dir to a file copied there, or to ``None`` to leave
+    that template file out (a flavor that does not use it)."""
     root = templates_root() / src
     if not root.is_dir():
         raise TemplateRenderError(f"no template folder {src!r}")
@@ -142,6 +154,9 @@ def render_model_dir(
             shutil.copy2(path, target)
     (dst / "1").mkdir(parents=True, exist_ok=True)  # Triton needs a version dir, even for ensembles
     for rel_name, source in (extra_files or {}).items():
+        if source is None:
+            (dst / rel_name).unlink(missing_ok=True)
+            continue
         (dst / rel_name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(source, dst / rel_name)
 
@@ -159,6 +174,9 @@ def render_repository(spec: RepoSpec, out_dir: Path, *, force: bool = False) -> 
     from trtbuild.ensembles import kind_for
 
     kind = kind_for(spec)
+    problems = kind.spec_findings(spec)
+    if problems:
+        raise SpecError("; ".join(problems))
     env = jinja_env()
     with atomic_dir(out_dir, force=force) as tmp:
         for model, (template, extra) in kind.models(spec).items():

@@ -30,7 +30,7 @@ from types import FrameType, TracebackType
 from typing import IO
 
 from trtbuild import proc
-from trtbuild.errors import ServerNotReady, SpecError, ToolNotFound
+from trtbuild.errors import ServerNotReady, SpecError, ToolNotFound, TrtbuildError
 from trtbuild.specs import ServeSpec
 
 LOG_TAIL = 50
@@ -133,7 +133,103 @@ def server_argv(spec: ServeSpec, install: TritonInstall) -> list[str]:
     ]
     if install.backend_dir is not None:
         argv.append(f"--backend-directory={install.backend_dir}")
+    if spec.load_models is not None:
+        argv.append("--model-control-mode=explicit")
+        argv += [f"--load-model={name}" for name in spec.load_models]
     return argv
+
+
+# -- TensorRT-LLM launch modes (issue 5) ----------------------------------------------------------
+@dataclass(frozen=True)
+class RepoLaunch:
+    """How a repository must be launched: what TensorRT-LLM's ``launch_triton_server.py`` does.
+
+    ``mode``: ``single`` (one tritonserver), ``leader`` (TensorRT-LLM C++ backend with TP x PP > 1:
+    ``mpirun`` with one tritonserver per rank; ranks above 0 load only the core model),
+    ``orchestrator`` (C++ backend with several instances pinned by ``gpu_device_ids``: one
+    tritonserver under ``mpirun -n 1``; the backend spawns the workers) or ``mpi`` (the llmapi
+    model with TP x PP > 1: one tritonserver under ``mpirun -n 1``; the LLM API spawns its MPI
+    workers).
+    """
+
+    mode: str = "single"
+    world_size: int = 1
+    core_model: str = "tensorrt_llm"
+    gpus: tuple[int, ...] = ()
+
+
+def repo_launch(repo: Path) -> RepoLaunch:
+    """Read the launch mode from trtbuild's spec beside the repository, or, for a hand-written
+    repository, from the engine ``config.json`` its ``tensorrtllm`` model points at."""
+    repo = Path(repo)
+    try:
+        return _repo_launch(repo)
+    except (TrtbuildError, ValueError, KeyError):  # unreadable: tritonserver reports it
+        return RepoLaunch()
+
+
+def _repo_launch(repo: Path) -> RepoLaunch:
+    from trtbuild.repository import SPEC_FILE, load_configs, read_repo_spec
+
+    if (repo / SPEC_FILE).is_file():
+        spec = read_repo_spec(repo)
+        world = spec.tp * spec.pp
+        gpus = tuple(g for group in spec.gpu_device_ids for g in group)
+        if spec.runtime == "tensorrtllm":
+            if spec.gpu_device_ids:
+                return RepoLaunch("orchestrator", world, gpus=gpus)
+            return RepoLaunch("leader" if world > 1 else "single", world)
+        if spec.runtime == "llmapi" and world > 1 and not spec.gpu_device_ids:
+            return RepoLaunch("mpi", world)
+        return RepoLaunch("single", world, gpus=gpus)
+    from trtbuild.repo import read_engine_config
+
+    for name, config in load_configs(repo).items():
+        if config.backend != "tensorrtllm":
+            continue
+        path = config.parameters["gpt_model_path"].string_value
+        engine = read_engine_config(Path(path)) if path and Path(path).is_dir() else None
+        mapping = ((engine or {}).get("pretrained_config") or {}).get("mapping") or {}
+        world = int(mapping.get("world_size", 1))
+        return RepoLaunch("leader" if world > 1 else "single", world, core_model=name)
+    return RepoLaunch()
+
+
+def launch_argv(
+    spec: ServeSpec, install: TritonInstall, launch: RepoLaunch, *, mpirun: str = "mpirun"
+) -> tuple[list[str], dict[str, str]]:
+    """The command (and extra environment) that serves ``spec.repo`` the way ``launch`` says."""
+    shm = "--backend-config=python,shm-region-prefix-name=prefix{}_"
+    if launch.mode == "single":
+        return server_argv(spec, install), {}
+    if launch.mode in ("mpi", "orchestrator"):
+        argv = [*server_argv(spec, install), shm.format(0)]
+        env: dict[str, str] = {}
+        if launch.mode == "orchestrator":
+            env = {"TRTLLM_ORCHESTRATOR": "1", "TRTLLM_ORCHESTRATOR_SPAWN_PROCESSES": "1"}
+            argv += ["--pinned-memory-pool-byte-size=0", "--enable-peer-access=false"]
+            argv += [f"--cuda-memory-pool-byte-size={gpu}:0" for gpu in launch.gpus]
+        return [mpirun, "--allow-run-as-root", "-n", "1", *argv], env
+    # leader mode: one tritonserver per rank; only rank 0 loads the pre/post/ensemble/BLS models
+    argv = [mpirun, "--allow-run-as-root"]
+    workers = spec.model_copy(update={"load_models": [launch.core_model]})
+    for rank in range(launch.world_size):
+        if rank:
+            argv.append(":")
+        rank_argv = server_argv(spec if rank == 0 else workers, install)
+        argv += ["-n", "1", *rank_argv, shm.format(rank)]
+    return argv, {}
+
+
+def _find_mpirun(launch: RepoLaunch) -> str:
+    found = shutil.which("mpirun")
+    if found is None:
+        raise ToolNotFound(
+            "mpirun",
+            f"This repository needs MPI ({launch.mode} mode, world size {launch.world_size}): "
+            "serve it inside nvcr.io/nvidia/tritonserver:<tag>-trtllm-python-py3, which has it.",
+        )
+    return found
 
 
 class TritonServer:
@@ -149,7 +245,11 @@ class TritonServer:
         self.spec = resolve_ports(spec)
         self.quiet = quiet
         self.install = find_tritonserver(spec.tritonserver)
-        self.argv = server_argv(self.spec, self.install)
+        self.launch = repo_launch(Path(spec.repo))
+        mpirun = _find_mpirun(self.launch) if self.launch.mode != "single" else "mpirun"
+        self.argv, self.launch_env = launch_argv(
+            self.spec, self.install, self.launch, mpirun=mpirun
+        )
         self._proc: proc.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
         self.log_path = Path(spec.log_file) if spec.log_file else None
@@ -179,7 +279,8 @@ class TritonServer:
             os.close(fd)
             self.log_path = Path(name)
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
-        self._proc = proc.spawn(self.argv, env=self.install.env, log=self._log, quiet=self.quiet)
+        env = {**self.install.env, **self.launch_env}
+        self._proc = proc.spawn(self.argv, env=env, log=self._log, quiet=self.quiet)
         return self
 
     def wait_ready(self, timeout: float | None = None) -> None:
@@ -272,6 +373,13 @@ def serve_forever(spec: ServeSpec) -> None:
                 print(f"HTTP     http://{server.http_url}", flush=True)
                 print(f"gRPC     {server.grpc_url}", flush=True)
                 print(f"metrics  {server.metrics_url}", flush=True)
+                if server.launch.mode != "single":
+                    print(
+                        f"MPI      {server.launch.mode} mode, world size "
+                        f"{server.launch.world_size}",
+                        file=sys.stderr,
+                        flush=True,
+                    )
                 print(f"log      {server.log_path}", file=sys.stderr, flush=True)
                 print("Serving. Ctrl-C to stop.", file=sys.stderr, flush=True)
                 while server.running():

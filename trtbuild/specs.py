@@ -75,6 +75,47 @@ class RepoSpec(StrictModel):
     )
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     num_threads: int = Field(0, ge=0, description="torch threads (0: torch's default)")
+    # TensorRT-LLM flavors, tensorrtllm and llmapi (issue 5); the portable runtime ignores these.
+    # `trtbuild repo` fills them from the engine directory; see the end of this module.
+    trtllm_version: str = Field(
+        "1.2.1",
+        description="TensorRT-LLM of the serving container: >= 0.20 names seed/min_tokens, "
+        "older random_seed/min_length",
+    )
+    tp: int = Field(1, ge=1, le=64, description="tensor parallel: must match the engine")
+    pp: int = Field(1, ge=1, le=64, description="pipeline parallel: must match the engine")
+    max_beam_width: int = Field(1, ge=1, description="at most the engine's")
+    kv_cache_dtype: Literal["auto", "fp8", "int8"] = Field(
+        "auto", description="auto: the model's dtype; fp8/int8 only if the engine was built so"
+    )
+    kv_cache_free_gpu_mem_fraction: float = Field(0.9, gt=0, le=1)
+    max_tokens_in_paged_kv_cache: int | None = Field(
+        None, ge=1, description="cap on KV-cache tokens (None: the free-memory fraction decides)"
+    )
+    enable_kv_cache_reuse: bool = Field(
+        True, description="prefix caching; needs paged context FMHA in the engine"
+    )
+    enable_chunked_context: bool = Field(False, description="prefill long prompts in chunks")
+    batch_scheduler_policy: Literal["guaranteed_no_evict", "max_utilization"] = (
+        "guaranteed_no_evict"
+    )
+    gpt_model_type: Literal["inflight_fused_batching", "inflight_batching"] = (
+        "inflight_fused_batching"
+    )
+    decoding_mode: Literal["auto", "top_k", "top_p", "top_k_top_p", "beam_search"] = Field(
+        "auto", description="auto: top_k_top_p for beam width 1, beam_search above"
+    )
+    gpu_device_ids: list[list[int]] = Field(
+        default_factory=list,
+        description="one GPU list per tensorrt_llm instance (replicas), e.g. [[0, 1], [2, 3]]",
+    )
+    llmapi_model_py: str = Field(
+        "/app/all_models/llmapi/tensorrt_llm/1/model.py",
+        description="TensorRT-LLM's llmapi Triton model.py on the serving machine (NGC 1.x path)",
+    )
+    engine: EngineInfo | None = Field(
+        None, description="what the engine directory says about itself (filled by trtbuild repo)"
+    )
 
 
 # -- server and client --------------------------------------------------------------------------
@@ -89,6 +130,9 @@ class ServeSpec(StrictModel):
     log_verbose: int = Field(0, ge=0)
     log_file: Path | None = None
     shutdown_grace: float = Field(20.0, gt=0, description="seconds between SIGTERM and SIGKILL")
+    load_models: list[str] | None = Field(
+        None, description="load only these models (explicit model control); None: all"
+    )
 
 
 class DemoSpec(StrictModel):
@@ -213,3 +257,52 @@ class PlanSpec(StrictModel):
     model: str = Field(min_length=1)
     gpu: str = Field(min_length=1)
     request: PlanRequest = PlanRequest()
+
+
+# -- repo, check (issue 5) ---------------------------------------------------------------------------
+class EngineInfo(StrictModel):
+    """What an engine directory says about itself (its ``config.json``, ``trtbuild-engine.json``,
+    ``hf_quant_config.json``), recorded in the ``RepoSpec`` so the consistency rules run on the spec
+    alone. Limits are ceilings only for TensorRT-LLM engines, where they are compiled in."""
+
+    runtime: Runtime
+    trtllm_version: str | None = None
+    gpu: str | None = None
+    sm: int | None = None
+    tp: int | None = Field(None, description="None: not fixed by the engine (a checkpoint)")
+    pp: int | None = None
+    world_size: int | None = None
+    rank_files: int | None = Field(None, description="rank{N}.engine files present (tensorrtllm)")
+    max_batch_size: int | None = None
+    max_input_len: int | None = None
+    max_seq_len: int | None = None
+    max_num_tokens: int | None = None
+    max_beam_width: int = 1
+    max_position_embeddings: int | None = None
+    dtype: str | None = None
+    quant_algo: str | None = None
+    kv_cache_quant_algo: str | None = None
+    paged_context_fmha: bool | None = None
+    prequantized: bool = False
+
+
+class RepoOptions(StrictModel):
+    """``trtbuild repo``: an engine directory to a Triton model repository."""
+
+    engine_dir: Path
+    out: Path
+    runtime: Runtime | None = Field(None, description="default: the engine's manifest")
+    tokenizer: Path | None = Field(None, description="default: the engine's tokenizer")
+    streaming: bool = True
+    plan: Path | None = None
+    force: bool = False
+
+
+class CheckOptions(StrictModel):
+    """``trtbuild check``: lint an existing repository (trtbuild's or hand-written)."""
+
+    repo: Path
+    engine: Path | None = Field(None, description="engine directory to check against")
+
+
+RepoSpec.model_rebuild()

@@ -13,6 +13,7 @@ import random
 from pathlib import Path
 
 from trtbuild._atomic import atomic_dir
+from trtbuild.specs import RepoSpec, RuntimeLimits
 
 BOS, EOS, PAD, UNK, EOT = "<s>", "</s>", "<pad>", "<unk>", "<|eot|>"
 SPECIAL_TOKENS = [UNK, BOS, EOS, PAD, EOT]  # ids 0..4
@@ -153,3 +154,27 @@ def _write_model(
     GenerationConfig(
         bos_token_id=BOS_ID, eos_token_id=[EOS_ID, EOT_ID], pad_token_id=PAD_ID, do_sample=False
     ).save_pretrained(out)
+
+
+def repo_spec(
+    engine_dir: Path,
+    *,
+    extra_end_ids: tuple[int, ...] = (),
+    limits: RuntimeLimits | None = None,
+    num_threads: int = 1,
+) -> RepoSpec:
+    """The portable-runtime repository spec for an engine made from the tiny model.
+
+    One torch thread: the model's matrices are tiny, and on a small machine the other cores are
+    better spent on tritonserver and the Python-backend processes (measured with `make bench`).
+    """
+    return RepoSpec(
+        runtime="torch",
+        engine_dir=engine_dir,
+        tokenizer_dir=engine_dir,
+        end_id=EOS_ID,
+        pad_id=PAD_ID,
+        stop_token_ids=[EOT_ID, *extra_end_ids],
+        num_threads=num_threads,
+        limits=limits or RuntimeLimits(),
+    )

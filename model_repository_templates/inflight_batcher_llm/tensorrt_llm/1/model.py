@@ -7,8 +7,8 @@ with torch on CPU or any CUDA GPU through ``_trtbuild_engine.Engine`` (continuou
 - ``execute`` only parses and enqueues; the engine thread decodes; a sender thread builds and
   sends the responses, so Triton I/O never stalls the decode loop.
 - Streaming responses carry the new tokens only, like TensorRT-LLM. When the ``output_text``
-  output is requested (the ensemble does), each response also carries the incrementally
-  detokenized text of those tokens, which postprocessing passes through.
+  output is requested by name (the portable ensemble and BLS do), each response also carries the
+  incrementally detokenized text of those tokens.
 - Inputs that cannot be honoured (beam search, LoRA, prompt tables ...) get an error response.
 - A cancelled request (client gone, gRPC cancel, or a ``stop`` request with the same id) stops at
   the next step and frees its slot.
@@ -81,7 +81,7 @@ class _State:
     __slots__ = (
         "sender", "stream", "exclude_input", "prompt", "want_text", "detok", "log_probs",
         "cum_log_prob", "perf", "num_input", "num_output", "arrival_ns", "first_token_ns",
-        "request_id", "generated", "last_poll", "responses",
+        "request_id", "generated", "last_poll", "responses", "want_ids",
     )  # fmt: skip
 
 
@@ -238,8 +238,11 @@ class TritonPythonModel:
             request, "exclude_input_in_output", self.default_exclude, bool
         )
         state.prompt = prompt
-        requested = set(request.requested_output_names())
-        state.want_text = self.text is not None and (not requested or "output_text" in requested)
+        requested = set(request.requested_output_names())  # empty: TensorRT-LLM's outputs
+        # output_text is trtbuild's extension: computed only for callers that ask (the ensemble)
+        state.want_text = self.text is not None and "output_text" in requested
+        # an ensemble that takes text from output_text does not ask for the ids: skip building them
+        state.want_ids = not requested or bool(requested & {"output_ids", "sequence_length"})
         state.detok = (
             self.text.incremental(self.skip_special) if state.want_text and stream else None
         )
@@ -373,12 +376,14 @@ class TritonPythonModel:
         if state.stream and final and not tokens and not text:
             self._deliver(state, None, True)  # a bare final flag ends the stream (cancelled too)
             return
-        outputs = [
-            pb_utils.Tensor("output_ids", np.array([[tokens]], dtype=np.int32)),
-            pb_utils.Tensor("sequence_length", np.array([[len(tokens)]], dtype=np.int32)),
-            pb_utils.Tensor("batch_index", np.zeros((1, 1), dtype=np.int32)),
-            pb_utils.Tensor("sequence_index", np.zeros((1, 1), dtype=np.int32)),
-        ]
+        # batch_index / sequence_index are left out: one sequence per request, always 0, and every
+        # tensor costs serialization on each streamed token.
+        outputs = []
+        if state.want_ids:
+            outputs.append(pb_utils.Tensor("output_ids", np.array([[tokens]], dtype=np.int32)))
+            outputs.append(
+                pb_utils.Tensor("sequence_length", np.array([[len(tokens)]], dtype=np.int32))
+            )
         if text is not None:
             outputs.append(
                 pb_utils.Tensor("output_text", np.array([[text.encode("utf-8")]], dtype=object))

@@ -55,6 +55,9 @@ class TritonPythonModel:
         self.core = params.get("tensorrt_llm_model_name", "tensorrt_llm")
         self.core_text = params.get("core_text_output", "false").lower() == "true"
         self.client_inputs = [i["name"] for i in config["input"]]
+        # the outputs this TensorRT-LLM version declares (<= 0.19 has no num_*_tokens)
+        declared = {o["name"] for o in config["output"]}
+        self.passthrough = [name for name in PASSTHROUGH if name in declared]
         self.pool = ThreadPoolExecutor(max_workers=int(params.get("max_concurrency", "16")))
 
     def execute(self, requests):
@@ -107,7 +110,7 @@ class TritonPythonModel:
             if name not in TO_PRE and name != "stream":
                 core_inputs.append(pb_utils.Tensor(RENAMES.get(name, name), value))
         core_inputs.append(pb_utils.Tensor("streaming", np.array([[False]], dtype=bool)))
-        wanted = ["output_ids", "sequence_length", *PASSTHROUGH]
+        wanted = ["output_ids", "sequence_length", *self.passthrough]
         if self.core_text:
             wanted.append("output_text")
         last = None
@@ -140,7 +143,7 @@ class TritonPythonModel:
             )
             text = pb_utils.get_output_tensor_by_name(post, "OUTPUT")
         outputs = [pb_utils.Tensor("text_output", text.as_numpy())]
-        for name in PASSTHROUGH:
+        for name in self.passthrough:
             tensor = pb_utils.get_output_tensor_by_name(last, name)
             if tensor is not None:
                 outputs.append(pb_utils.Tensor(name, tensor.as_numpy()))

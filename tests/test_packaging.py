@@ -1,0 +1,53 @@
+"""The wheel carries the templates, the Triton model.py files and the runtime modules."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_wheel_contains_templates_and_model_files(tmp_path: Path) -> None:
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+            str(ROOT),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    (wheel,) = tmp_path.glob("trtbuild-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    expected = {
+        "trtbuild/cli.py",
+        "trtbuild/builder/engine.py",
+        "trtbuild/ensembles/inflight_batcher_llm.py",
+        "trtbuild/runtime/engine.py",
+        "trtbuild/runtime/detok.py",
+        "trtbuild/model_repository_templates/_macros.j2",
+    }
+    for model in (
+        "ensemble",
+        "preprocessing",
+        "tensorrt_llm",
+        "postprocessing",
+        "tensorrt_llm_bls",
+    ):
+        expected.add(
+            f"trtbuild/model_repository_templates/inflight_batcher_llm/{model}/config.pbtxt.j2"
+        )
+    for model in ("preprocessing", "tensorrt_llm", "postprocessing", "tensorrt_llm_bls"):
+        expected.add(f"trtbuild/model_repository_templates/inflight_batcher_llm/{model}/1/model.py")
+    assert expected <= names, sorted(expected - names)
+    assert not any(n.startswith(("tests/", "scripts/")) for n in names)

@@ -1,0 +1,138 @@
+"""tritonserver supervision: argv, readiness, failure reporting, clean shutdown of the whole tree."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import psutil
+import pytest
+
+from trtbuild.errors import ServerNotReady, SpecError, ToolNotFound
+from trtbuild.server import (
+    TritonInstall,
+    TritonServer,
+    find_tritonserver,
+    resolve_ports,
+    server_argv,
+)
+from trtbuild.specs import ServeSpec
+
+
+def test_binds_loopback_by_default_and_passes_every_port(tmp_path: Path) -> None:
+    spec = ServeSpec(repo=tmp_path, http_port=9000, grpc_port=9001, metrics_port=9002)
+    argv = server_argv(spec, TritonInstall(Path("/opt/tritonserver/bin/tritonserver"), None, {}))
+    assert argv[0] == "/opt/tritonserver/bin/tritonserver"
+    for flag in (
+        "--http-address=127.0.0.1",
+        "--grpc-address=127.0.0.1",
+        "--metrics-address=127.0.0.1",
+        "--http-port=9000",
+        "--grpc-port=9001",
+        "--metrics-port=9002",
+        f"--model-repository={tmp_path.resolve()}",
+    ):
+        assert flag in argv
+    assert not any(a.startswith("--backend-directory") for a in argv)
+
+
+def test_port_zero_picks_distinct_free_ports(tmp_path: Path) -> None:
+    spec = resolve_ports(ServeSpec(repo=tmp_path, http_port=0, grpc_port=0, metrics_port=0))
+    ports = {spec.http_port, spec.grpc_port, spec.metrics_port}
+    assert len(ports) == 3 and 0 not in ports
+
+
+def test_the_wheel_server_gets_the_stub_and_the_interpreter_on_path() -> None:
+    install = find_tritonserver(None)
+    assert install.binary.name == "tritonserver" and install.binary.is_file()
+    assert install.backend_dir is not None
+    stub = install.backend_dir / "python" / "triton_python_backend_stub"
+    assert stub.is_file()
+    # the stub finds its interpreter (and so the venv with numpy<2, torch) through PATH
+    assert install.env["PATH"].split(os.pathsep)[0] == str(Path(sys.executable).parent)
+
+
+def test_missing_tritonserver_names_the_fixes(monkeypatch: pytest.MonkeyPatch) -> None:
+    import trtbuild.server as server
+
+    monkeypatch.setattr(server.shutil, "which", lambda name: None)
+    monkeypatch.setattr(server, "_pytriton_root", lambda: None)
+    with pytest.raises(ToolNotFound, match="--tritonserver PATH"):
+        find_tritonserver(None)
+
+
+def test_an_empty_repository_is_refused_before_starting(tmp_path: Path) -> None:
+    with pytest.raises(SpecError, match="no model"):
+        TritonServer(ServeSpec(repo=tmp_path))
+
+
+def test_a_broken_model_fails_fast_with_the_log_tail(tmp_path: Path) -> None:
+    model = tmp_path / "broken"
+    (model / "1").mkdir(parents=True)
+    (model / "config.pbtxt").write_text(
+        'name: "broken"\nbackend: "python"\nmax_batch_size: 1\n'
+        'input [{ name: "X" data_type: TYPE_INT32 dims: [1] }]\n'
+        'output [{ name: "Y" data_type: TYPE_INT32 dims: [1] }]\n'
+    )
+    (model / "1" / "model.py").write_text("raise RuntimeError('this model cannot load')\n")
+    server = TritonServer(
+        ServeSpec(repo=tmp_path, http_port=0, grpc_port=0, metrics_port=0), quiet=True
+    )
+    with pytest.raises(ServerNotReady) as info, server:
+        pass
+    assert "exited with code" in info.value.message
+    assert "this model cannot load" in (info.value.details or "")
+    assert not server.running()
+
+
+def _descendants(pid: int) -> list[psutil.Process]:
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+
+
+@pytest.mark.server
+def test_serve_runs_until_sigterm_and_leaves_no_process(served, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """`trtbuild serve` on the session's repository: endpoints printed, SIGTERM stops everything."""
+    repo = Path(served.spec.repo)
+    cli = Path(sys.executable).parent / "trtbuild"
+    child = subprocess.Popen(
+        [
+            str(cli),
+            "serve",
+            str(repo),
+            "--http-port",
+            "0",
+            "--grpc-port",
+            "0",
+            "--metrics-port",
+            "0",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        http = child.stdout.readline().split()[-1]  # type: ignore[union-attr]
+        assert http.startswith("http://127.0.0.1:")
+        grpc = child.stdout.readline().split()[-1]  # type: ignore[union-attr]
+        assert grpc.startswith("127.0.0.1:")
+        with urllib.request.urlopen(f"{http}/v2/health/ready", timeout=5) as resp:  # noqa: S310
+            assert resp.status == 200
+        tree = _descendants(child.pid)
+        assert any(p.name() == "tritonserver" for p in tree)
+        # one Python-backend stub per Python model (the ensemble has none)
+        assert sum("triton_python_backend_stub" in p.name() for p in tree) == 4
+    finally:
+        child.send_signal(signal.SIGTERM)
+        _, err = child.communicate(timeout=60)
+    assert child.returncode == 0, err
+    assert "Stopping tritonserver" in err
+    time.sleep(0.5)
+    assert all(not p.is_running() or p.status() == psutil.STATUS_ZOMBIE for p in tree)
