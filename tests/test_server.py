@@ -136,3 +136,30 @@ def test_serve_runs_until_sigterm_and_leaves_no_process(served, tmp_path: Path) 
     assert "Stopping tritonserver" in err
     time.sleep(0.5)
     assert all(not p.is_running() or p.status() == psutil.STATUS_ZOMBIE for p in tree)
+
+
+def test_a_server_that_ignores_sigterm_is_killed_with_a_warning(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    model = tmp_path / "stuck"
+    (model / "1").mkdir(parents=True)
+    (model / "config.pbtxt").write_text(
+        'name: "stuck"\nbackend: "python"\nmax_batch_size: 1\n'
+        'input [{ name: "X" data_type: TYPE_INT32 dims: [1] }]\n'
+        'output [{ name: "Y" data_type: TYPE_INT32 dims: [1] }]\n'
+    )
+    (model / "1" / "model.py").write_text(
+        "import time\n"
+        "class TritonPythonModel:\n"
+        "    def execute(self, requests):\n"
+        "        return []\n"
+        "    def finalize(self):\n"
+        "        time.sleep(120)\n"
+    )
+    spec = ServeSpec(repo=tmp_path, http_port=0, grpc_port=0, metrics_port=0, shutdown_grace=2)
+    with TritonServer(spec, quiet=True) as server:
+        tree = _descendants(server._proc.pid)  # type: ignore[union-attr]
+    assert server.stop() is None  # already stopped by the with block
+    assert "did not stop within 2 s of SIGTERM and was killed" in capsys.readouterr().err
+    time.sleep(0.3)
+    assert all(not p.is_running() or p.status() == psutil.STATUS_ZOMBIE for p in tree)

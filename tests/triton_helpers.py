@@ -26,6 +26,7 @@ class StreamResult:
     tokens: list[int] = field(default_factory=list)
     responses: list[dict[str, Any]] = field(default_factory=list)
     error: str | None = None
+    finished: bool = False
 
 
 def core_inputs(ids: list[int], max_tokens: int, **extra: Any) -> list[grpcclient.InferInput]:
@@ -75,9 +76,10 @@ def stream_core(
                 return result
             final = response.parameters.get("triton_final_response")
             if final is not None and final.bool_param:
+                result.finished = True
                 return result
     finally:
-        client.stop_stream(cancel_requests=True)
+        client.stop_stream(cancel_requests=not result.finished)  # see trtbuild.client
         client.close()
 
 

@@ -259,6 +259,7 @@ class Client:
             callback=lambda result, error: responses.put((result, error)),
             stream_timeout=self.timeout,
         )
+        finished = False
         try:
             wanted = [grpcclient.InferRequestedOutput(name) for name in io.wanted()]
             self._grpc.async_stream_infer(
@@ -281,9 +282,13 @@ class Client:
                         _count(result.as_numpy("num_output_tokens")),
                     )
                 if final is not None and final.bool_param:
+                    finished = True
                     return
         finally:
-            self._grpc.stop_stream(cancel_requests=True)
+            # cancel only a request we walk away from (error, timeout, Ctrl-C): cancelling one
+            # that just completed races Triton 2.51's ensemble teardown and can keep the ensemble
+            # from unloading at shutdown
+            self._grpc.stop_stream(cancel_requests=not finished)
 
     def _http_generate(
         self, model: str, inputs: dict[str, Any], stream: bool

@@ -316,6 +316,12 @@ class TritonServer:
         if self._proc is not None:
             code = proc.stop_group(self._proc, grace=self.spec.shutdown_grace)
             self._proc = None
+            if code == -signal.SIGKILL:
+                print(
+                    f"warning: tritonserver did not stop within {self.spec.shutdown_grace:.0f} s "
+                    f"of SIGTERM and was killed (log: {self.log_path})",
+                    file=sys.stderr,
+                )
         if self._log is not None:
             self._log.close()
             self._log = None
