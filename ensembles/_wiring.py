@@ -72,3 +72,15 @@ def ensemble_findings(name: str, config: Any, models: dict[str, Any]) -> list[st
         if internal not in consumed:
             findings.append(f"{name}: ensemble tensor {internal!r} is produced but never used")
     return findings
+
+
+def repository_findings(configs: dict[str, Any], expected: tuple[str, ...]) -> list[str]:
+    """Missing models, misnamed configs, duplicate declarations and the ensemble's wiring."""
+    findings = [f"model {m!r} is missing" for m in expected if m not in configs]
+    for name, config in configs.items():
+        if config.name != name:
+            findings.append(f"{name}/config.pbtxt names the model {config.name!r}; rename one")
+        findings += duplicate_findings(name, config)
+    if "ensemble" in configs:
+        findings += ensemble_findings("ensemble", configs["ensemble"], configs)
+    return findings

@@ -218,13 +218,6 @@ def spec_findings(spec: RepoSpec) -> list[str]:
 
 
 def check(configs: dict[str, Any]) -> list[str]:
-    from trtbuild.ensembles._wiring import duplicate_findings, ensemble_findings
+    from trtbuild.ensembles._wiring import repository_findings
 
-    findings = [f"model {m!r} is missing" for m in MODELS if m not in configs]
-    for name, config in configs.items():
-        if config.name != name:
-            findings.append(f"{name}/config.pbtxt names the model {config.name!r}; rename one")
-        findings += duplicate_findings(name, config)
-    if "ensemble" in configs:
-        findings += ensemble_findings("ensemble", configs["ensemble"], configs)
-    return findings
+    return repository_findings(configs, MODELS)

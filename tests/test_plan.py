@@ -359,11 +359,12 @@ def test_cli_plans_a_checkpoint_dir(runner: CliRunner, tiny_model: Path) -> None
     assert load_model_facts(tiny_model).kv_bytes_per_token(2) == data["kv_bytes_per_token"]
 
 
-# -- docs/plan.md shows real output -----------------------------------------------------------------
+# -- docs/plan.md and README.md show real output -----------------------------------------------------------------
 def _doc_examples() -> list[tuple[str, str]]:
     import re
 
-    text = (Path(__file__).parent.parent / "docs" / "plan.md").read_text()
+    root = Path(__file__).parent.parent
+    text = (root / "docs" / "plan.md").read_text() + (root / "README.md").read_text()
     blocks = re.findall(r"```console\n\$ (trtbuild plan [^\n]*)\n(.*?)```", text, flags=re.S)
     return [(cmd, out) for cmd, out in blocks if not any(c in cmd.split(";")[0] for c in "|>")]
 

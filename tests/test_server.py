@@ -163,3 +163,44 @@ def test_a_server_that_ignores_sigterm_is_killed_with_a_warning(
     assert "did not stop within 2 s of SIGTERM and was killed" in capsys.readouterr().err
     time.sleep(0.3)
     assert all(not p.is_running() or p.status() == psutil.STATUS_ZOMBIE for p in tree)
+
+
+def _repo_serving(engine: Path, repo: Path) -> Path:
+    """A hand-written repository whose core model points at ``engine`` (as upstream's do)."""
+    core = repo / "tensorrt_llm"
+    (core / "1").mkdir(parents=True)
+    (core / "config.pbtxt").write_text(
+        'name: "tensorrt_llm"\nbackend: "tensorrtllm"\nmax_batch_size: 8\n'
+        f'parameters: {{ key: "gpt_model_path" value: {{ string_value: "{engine}" }} }}\n'
+    )
+    return repo
+
+
+def test_serve_refuses_an_engine_built_for_another_gpu_unless_forced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tests.repo_fakes import write_manifest, write_trtllm_engine
+    from trtbuild.builder import manifest
+    from trtbuild.cli import main
+    from trtbuild.errors import IncompatibleArtifact
+    from trtbuild.repository import preflight
+
+    engine = write_trtllm_engine(tmp_path / "engine")
+    write_manifest(engine, runtime="tensorrtllm")  # built for h100-sxm, SM 90, TensorRT-LLM 1.2.1
+    repo = _repo_serving(engine, tmp_path / "repo")
+    l40s = manifest.RuntimeInfo(sm=89, gpu_name="l40s", trtllm_version="1.2.1")
+    with pytest.raises(
+        IncompatibleArtifact, match=r"built for h100-sxm \(SM 90\) but this GPU is l40s \(SM 89\)"
+    ):
+        preflight(repo, runtime=l40s)
+    assert preflight(repo, runtime=l40s, force=True) == [
+        "built for h100-sxm (SM 90) but this GPU is l40s (SM 89)"
+    ]
+    assert preflight(repo, runtime=manifest.RuntimeInfo(sm=90, trtllm_version="1.2.1")) == []
+    # the CLI stops before starting anything: exit 2, both sides named, the fix given
+    monkeypatch.setattr(manifest, "detect_runtime", lambda: l40s)
+    with pytest.raises(SystemExit) as info:
+        main(["serve", str(repo)])
+    err = capsys.readouterr().err
+    assert info.value.code == 2
+    assert "built for h100-sxm (SM 90) but this GPU is l40s (SM 89)" in err and "--force" in err

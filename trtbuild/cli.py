@@ -74,6 +74,9 @@ def demo(workdir: Path | None, force: bool, http_port: int, grpc_port: int) -> N
 )
 @click.option("--startup-timeout", type=float, default=300.0, show_default=True, help="Seconds.")
 @click.option("--log-verbose", type=int, default=0, show_default=True)
+@click.option(
+    "--force", is_flag=True, help="Serve an engine built for another GPU or TensorRT-LLM version."
+)
 def serve(
     repo: Path,
     host: str,
@@ -83,6 +86,7 @@ def serve(
     tritonserver: Path | None,
     startup_timeout: float,
     log_verbose: int,
+    force: bool,
 ) -> None:
     """Serve a model repository with tritonserver until Ctrl-C or SIGTERM."""
     from trtbuild.server import serve_forever
@@ -98,6 +102,7 @@ def serve(
             tritonserver=tritonserver,
             startup_timeout=startup_timeout,
             log_verbose=log_verbose,
+            force=force,
         )
     )
 

@@ -200,10 +200,29 @@ def read_repo_spec(repo: Path) -> RepoSpec:
     return RepoSpec.model_validate(json.loads(path.read_text())["spec"])
 
 
-def preflight(repo: Path) -> dict[str, Any]:
-    """Before serving: every config parses; a trtbuild repository's spec still validates."""
+def preflight(repo: Path, *, force: bool = False, runtime: Any = None) -> list[str]:
+    """Before serving: every config parses, and the engine the repository serves suits this
+    machine's GPU and TensorRT-LLM (``runtime``: a ``builder.manifest.RuntimeInfo``, detected when
+    None). A mismatch raises ``IncompatibleArtifact`` unless ``force``; then it is returned."""
+    from trtbuild.builder.manifest import MANIFEST, check_engine_dir
+
     repo = Path(repo)
     configs = load_configs(repo)
     if not configs:
         raise SpecError(f"{repo} holds no */config.pbtxt; render a repository with `trtbuild repo`")
-    return configs
+    engine = served_engine_dir(repo, configs)
+    if engine is None or not (engine / MANIFEST).is_file():
+        return []  # not built by trtbuild: nothing recorded to check against
+    return check_engine_dir(engine, runtime=runtime, force=force)[1]
+
+
+def served_engine_dir(repo: Path, configs: dict[str, Any]) -> Path | None:
+    """The engine directory a repository serves: from its trtbuild spec, else from the core
+    model's ``gpt_model_path`` (TensorRT-LLM) or ``model_dir`` (portable runtime) parameter."""
+    if (repo / SPEC_FILE).is_file():
+        return Path(read_repo_spec(repo).engine_dir)
+    core = configs.get("tensorrt_llm")
+    for key in ("gpt_model_path", "model_dir"):
+        if core is not None and key in core.parameters:
+            return Path(core.parameters[key].string_value)
+    return None

@@ -371,7 +371,8 @@ def serve_forever(spec: ServeSpec) -> None:
     """``trtbuild serve``: start, print the endpoints, run until Ctrl-C/SIGTERM, stop cleanly."""
     from trtbuild.repository import preflight
 
-    preflight(Path(spec.repo))
+    for problem in preflight(Path(spec.repo), force=spec.force):
+        print(f"warning (--force): {problem}", file=sys.stderr)
     server = TritonServer(spec)
     with _stop_on_sigterm():
         try:

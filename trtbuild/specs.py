@@ -130,6 +130,7 @@ class ServeSpec(StrictModel):
     log_verbose: int = Field(0, ge=0)
     log_file: Path | None = None
     shutdown_grace: float = Field(20.0, gt=0, description="seconds between SIGTERM and SIGKILL")
+    force: bool = Field(False, description="serve an engine built for another GPU or version")
     load_models: list[str] | None = Field(
         None, description="load only these models (explicit model control); None: all"
     )

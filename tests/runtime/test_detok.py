@@ -69,3 +69,25 @@ def test_words_tensor_round_trip() -> None:
 def test_missing_tokenizer_json_says_what_is_needed(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="tokenizer.json"):
         Text(str(tmp_path))
+
+
+@pytest.mark.parametrize(
+    ("prompts", "max_tokens", "message"),
+    [
+        (None, 4, "exactly one string"),
+        (["a", "b"], 4, "exactly one string"),
+        ([""], 4, "text_input is empty"),
+        (["word " * 50], 4, "accepts at most 20 \\(max_input_len\\)"),
+        (["hello"], 0, "max_tokens must be >= 1, got 0"),
+        (["hello"], None, "max_tokens must be >= 1, got None"),
+        (["hello"], 40, "exceeds max_seq_len 32; ask for at most"),
+    ],
+)
+def test_prompt_limits_name_the_fix(text: Text, prompts, max_tokens, message) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(ValueError, match=message):
+        text.prompt_ids(prompts, max_tokens, max_input_len=20, max_seq_len=32)
+
+
+def test_prompt_ids_within_limits(text: Text) -> None:
+    ids = text.prompt_ids(["hello"], 8, max_input_len=20, max_seq_len=32)
+    assert ids == text.encode("hello") and ids[0] == 1  # BOS added

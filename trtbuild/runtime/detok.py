@@ -46,6 +46,40 @@ class Text:
         """Ids without BOS/EOS, for stop and bad words."""
         return list(self.tokenizer.encode(text, add_special_tokens=False).ids)
 
+    def prompt_ids(
+        self,
+        prompts: list[str] | None,
+        max_tokens: int | None,
+        *,
+        max_input_len: int | None = None,
+        max_seq_len: int | None = None,
+    ) -> list[int]:
+        """Tokenize a request's one prompt and enforce the deployment's limits.
+
+        Raises ``ValueError`` with a message that names the fix (preprocessing reports it to the
+        client as an invalid argument).
+        """
+        if not prompts or len(prompts) != 1:
+            raise ValueError("text_input must hold exactly one string per request")
+        if not prompts[0]:
+            raise ValueError("text_input is empty; send a prompt")
+        ids = self.encode(prompts[0])
+        if not ids:
+            raise ValueError("text_input tokenized to nothing; send a non-empty prompt")
+        if max_input_len and len(ids) > max_input_len:
+            raise ValueError(
+                f"the prompt has {len(ids)} tokens; this deployment accepts at most "
+                f"{max_input_len} (max_input_len)"
+            )
+        if max_tokens is None or max_tokens <= 0:
+            raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
+        if max_seq_len and len(ids) + max_tokens > max_seq_len:
+            raise ValueError(
+                f"prompt ({len(ids)} tokens) + max_tokens ({max_tokens}) exceeds max_seq_len "
+                f"{max_seq_len}; ask for at most {max(max_seq_len - len(ids), 0)} tokens"
+            )
+        return ids
+
     def token_id(self, token: str) -> int | None:
         return self.tokenizer.token_to_id(token)
 

@@ -72,26 +72,11 @@ class TritonPythonModel:
         return responses
 
     def _process(self, request):
-        query = _strings(request, "QUERY")
-        if not query or len(query) != 1:
-            raise ValueError("text_input must hold exactly one string per request")
-        if not query[0]:
-            raise ValueError("text_input is empty; send a prompt")
-        ids = self.text.encode(query[0])
-        if not ids:
-            raise ValueError("text_input tokenized to nothing; send a non-empty prompt")
-        if self.max_input_len and len(ids) > self.max_input_len:
-            raise ValueError(
-                f"the prompt has {len(ids)} tokens; this deployment accepts at most {self.max_input_len} (max_input_len)"
-            )
         max_tokens = _int(request, "REQUEST_OUTPUT_LEN")
-        if max_tokens is None or max_tokens <= 0:
-            raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
-        if self.max_seq_len and len(ids) + max_tokens > self.max_seq_len:
-            raise ValueError(
-                f"prompt ({len(ids)} tokens) + max_tokens ({max_tokens}) exceeds max_seq_len "
-                f"{self.max_seq_len}; ask for at most {max(self.max_seq_len - len(ids), 0)} tokens"
-            )
+        ids = self.text.prompt_ids(
+            _strings(request, "QUERY"), max_tokens,
+            max_input_len=self.max_input_len, max_seq_len=self.max_seq_len,
+        )  # fmt: skip
         end_id = _int(request, "END_ID")
         end_id = self.end_id if end_id is None else end_id
         pad_id = _int(request, "PAD_ID")

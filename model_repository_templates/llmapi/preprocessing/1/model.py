@@ -82,25 +82,11 @@ class TritonPythonModel:
 
     def _process(self, request):
         prompts = _strings(request, "text_input")
-        if len(prompts) != 1:
-            raise ValueError("text_input must hold exactly one string per request")
-        if not prompts[0]:
-            raise ValueError("text_input is empty; send a prompt")
-        n_prompt = len(self.text.encode(prompts[0]))
-        if self.max_input_len and n_prompt > self.max_input_len:
-            raise ValueError(
-                f"the prompt has {n_prompt} tokens; this deployment accepts at most "
-                f"{self.max_input_len} (max_input_len)"
-            )
         max_tokens = _scalar(request, "max_tokens")
-        if max_tokens is None or int(max_tokens) <= 0:
-            raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
-        max_tokens = int(max_tokens)
-        if self.max_seq_len and n_prompt + max_tokens > self.max_seq_len:
-            raise ValueError(
-                f"prompt ({n_prompt} tokens) + max_tokens ({max_tokens}) exceeds max_seq_len "
-                f"{self.max_seq_len}; ask for at most {max(self.max_seq_len - n_prompt, 0)} tokens"
-            )
+        max_tokens = None if max_tokens is None else int(max_tokens)
+        self.text.prompt_ids(
+            prompts, max_tokens, max_input_len=self.max_input_len, max_seq_len=self.max_seq_len
+        )
         stream = _scalar(request, "stream")
         stream = bool(stream) if stream is not None else False
         if stream and not self.decoupled:
