@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import signal
 import subprocess
@@ -204,3 +205,14 @@ def test_serve_refuses_an_engine_built_for_another_gpu_unless_forced(
     err = capsys.readouterr().err
     assert info.value.code == 2
     assert "built for h100-sxm (SM 90) but this GPU is l40s (SM 89)" in err and "--force" in err
+
+
+@pytest.mark.parametrize(
+    ("host", "expected"),
+    [(str(ipaddress.IPv4Address(0)), "127.0.0.1"), ("::", "127.0.0.1"), ("", "127.0.0.1"),
+     ("127.0.0.1", "127.0.0.1"), ("localhost", "localhost")],
+)  # fmt: skip
+def test_clients_reach_a_wildcard_bind_through_loopback(host: str, expected: str) -> None:
+    from trtbuild.server import connectable_host
+
+    assert connectable_host(host) == expected

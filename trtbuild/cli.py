@@ -60,7 +60,7 @@ def demo(workdir: Path | None, force: bool, http_port: int, grpc_port: int) -> N
 \b
   trtbuild serve ./repository
   trtbuild serve ./repository --http-port 9000 --grpc-port 9001 --metrics-port 9002
-  trtbuild serve ./repository --host 0.0.0.0     # listen beyond this machine (you asked)"""
+  trtbuild serve ./repository --host ADDRESS     # listen beyond 127.0.0.1, when you mean to"""
 )
 @click.argument("repo", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")

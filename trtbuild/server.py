@@ -14,6 +14,7 @@ and needs this interpreter's libpython on the library path.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import os
 import shutil
 import signal
@@ -99,6 +100,15 @@ def _python_env() -> dict[str, str]:
     }
 
 
+def connectable_host(host: str) -> str:
+    """Where a client on this machine reaches a server bound to ``host`` (a wildcard: loopback)."""
+    try:
+        wildcard = host == "" or ipaddress.ip_address(host).is_unspecified
+    except ValueError:  # a host name
+        wildcard = False
+    return "127.0.0.1" if wildcard else host
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as s:
         s.bind((host, 0))
@@ -112,7 +122,7 @@ def resolve_ports(spec: ServeSpec) -> ServeSpec:
     for name in ("http_port", "grpc_port", "metrics_port"):
         port = getattr(spec, name)
         while port == 0 or port in taken:
-            port = free_port(spec.host if spec.host not in ("0.0.0.0", "::") else "127.0.0.1")
+            port = free_port(connectable_host(spec.host))
         taken.add(port)
         ports[name] = port
     return spec.model_copy(update=ports)
@@ -257,7 +267,7 @@ class TritonServer:
     # endpoints (reachable from this machine)
     @property
     def _client_host(self) -> str:
-        return "127.0.0.1" if self.spec.host in ("0.0.0.0", "::", "") else self.spec.host
+        return connectable_host(self.spec.host)
 
     @property
     def http_url(self) -> str:
