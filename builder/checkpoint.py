@@ -17,6 +17,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from trtbuild._jsonfile import load_json_object
 from trtbuild.errors import SpecError
 
 HASH_CHUNK = 1 << 20
@@ -112,13 +113,7 @@ def read_checkpoint(checkpoint: Path) -> CheckpointFacts:
 
 
 def _json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise SpecError(f"{path} is not valid JSON ({exc}); re-download the checkpoint") from exc
-    if not isinstance(data, dict):
-        raise SpecError(f"{path} must hold a JSON object; re-download the checkpoint")
-    return data
+    return load_json_object(path, fix="re-download the checkpoint")
 
 
 def _prequantization(

@@ -9,11 +9,11 @@ config, ``build_config`` with the ``max_*`` limits, ``kv_cache_type``, ``plugin_
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from trtbuild._jsonfile import load_json_object
 from trtbuild.builder.settings import BuildSettings, EngineLimits
 from trtbuild.errors import RuntimeFailure
 
@@ -40,13 +40,7 @@ class EngineFacts:
 
 
 def _load(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise RuntimeFailure(f"{path} is missing or not JSON: {exc}") from exc
-    if not isinstance(data, dict):
-        raise RuntimeFailure(f"{path} is not a JSON object")
-    return data
+    return load_json_object(path, fix="rerun the build", error=RuntimeFailure)
 
 
 def missing_ranks(directory: Path, world_size: int, suffix: str) -> list[int]:

@@ -13,13 +13,13 @@ published sizes: Llama-3.1-8B 8,030,261,248; Llama-3.1-70B 70,553,706,496; Mixtr
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field
 
+from trtbuild._jsonfile import load_json_object
 from trtbuild.errors import SpecError
 from trtbuild.specs import StrictModel
 
@@ -270,13 +270,7 @@ def facts_from_config(
 
 
 def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise SpecError(f"{path} is not valid JSON: {exc}") from exc
-    if not isinstance(data, dict):
-        raise SpecError(f"{path} must hold a JSON object")
-    return data
+    return load_json_object(path, fix="pass a Hugging Face config.json or checkpoint directory")
 
 
 def load_model_facts(source: str | Path) -> ModelFacts:

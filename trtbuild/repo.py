@@ -17,13 +17,13 @@ run on the spec alone, at render time. ``make_repository`` then renders it atomi
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from trtbuild._atomic import check_writable
+from trtbuild._jsonfile import load_json
 from trtbuild.errors import IncompatibleArtifact, SpecError
 from trtbuild.specs import EngineInfo, RepoOptions, RepoSpec, Runtime, RuntimeLimits
 
@@ -51,12 +51,10 @@ class TokenIds:
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
+    """An optional file: None when it is absent or holds no JSON object."""
     if not path.is_file():
         return None
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise SpecError(f"{path} is not valid JSON ({exc}); fix or replace it") from exc
+    data = load_json(path, fix="fix or replace it")
     return data if isinstance(data, dict) else None
 
 
