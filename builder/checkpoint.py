@@ -18,7 +18,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from trtbuild._jsonfile import load_json_object
-from trtbuild.errors import SpecError
+from trtbuild.errors import SpecError, first_error
 
 HASH_CHUNK = 1 << 20
 TRUST_MIN_BYTES = 1 << 20  # recorded hashes are reused for files this large (weights)
@@ -87,9 +87,7 @@ def read_checkpoint(checkpoint: Path) -> CheckpointFacts:
     except SpecError as exc:
         raise SpecError(f"{checkpoint}: {exc.message}") from exc
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise SpecError(f"{config_path}: invalid {where}: {first['msg']}") from exc
+        raise SpecError(f"{config_path}: invalid {first_error(exc)}") from exc
     weights = tuple(
         sorted(p.name for p in checkpoint.iterdir() if p.suffix in (".safetensors", ".bin"))
     )

@@ -18,7 +18,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from trtbuild.builder.settings import BuildSettings, EngineLimits
-from trtbuild.errors import IncompatibleArtifact, SpecError
+from trtbuild.errors import IncompatibleArtifact, SpecError, first_error
 from trtbuild.specs import Runtime
 
 MANIFEST = "trtbuild-engine.json"
@@ -132,9 +132,7 @@ def read_manifest(engine_dir: Path) -> Manifest:
     try:
         return Manifest.model_validate(data)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise SpecError(f"{path}: invalid {where}: {first['msg']}; rebuild the engine") from exc
+        raise SpecError(f"{path}: invalid {first_error(exc)}; rebuild the engine") from exc
 
 
 # -- the compatibility gate ------------------------------------------------------------------------

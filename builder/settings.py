@@ -13,7 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from trtbuild.builder.checkpoint import CheckpointFacts
-from trtbuild.errors import SpecError
+from trtbuild.errors import SpecError, first_error
 from trtbuild.specs import EngineDtype, EngineQuant, EngineSpec, KvCacheDtype, Runtime, StrictModel
 
 # trtbuild's defaults when neither the options nor the plan say (the planner picks better ones).
@@ -98,9 +98,7 @@ def load_plan(path: Path) -> PlanFile:
     try:
         return PlanFile.model_validate(data)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise SpecError(f"plan {path}: invalid {where}: {first['msg']}") from exc
+        raise SpecError(f"plan {path}: invalid {first_error(exc)}") from exc
 
 
 def resolve(

@@ -16,7 +16,7 @@ import click
 from pydantic import ValidationError
 
 from trtbuild import __version__
-from trtbuild.errors import TrtbuildError
+from trtbuild.errors import TrtbuildError, first_error
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -588,9 +588,7 @@ def main(argv: list[str] | None = None) -> None:
         exc.show()
         sys.exit(exc.exit_code)
     except ValidationError as exc:  # a spec built from options did not validate: user error
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "input"
-        _echo_err(f"Error: invalid {where}: {first['msg']}")
+        _echo_err(f"Error: invalid {first_error(exc)}")
         if debug:
             traceback.print_exc()
         sys.exit(2)

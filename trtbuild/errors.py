@@ -10,6 +10,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 
+def first_error(exc: Exception) -> str:
+    """A pydantic ``ValidationError`` as one line, ``field.path: message`` (else ``str(exc)``)."""
+    errors = getattr(exc, "errors", None)
+    if callable(errors) and errors():
+        first = errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "input"
+        return f"{where}: {first['msg']}"
+    return str(exc)
+
+
 class TrtbuildError(Exception):
     """Base class. ``exit_code`` is what the CLI exits with."""
 

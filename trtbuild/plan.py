@@ -31,7 +31,7 @@ from typing import Literal, cast
 
 from pydantic import Field
 
-from trtbuild.errors import SpecError, UserError
+from trtbuild.errors import SpecError, UserError, first_error
 from trtbuild.gpus import GpuSpec, get_gpu, known_gpus
 from trtbuild.model_facts import ModelFacts, ParamCount
 from trtbuild.specs import PlanRequest, PlanSpec, RuntimeLimits, StrictModel
@@ -914,9 +914,7 @@ def read_plan(path: Path) -> Plan:
             f"{path} not found; write one with 'trtbuild plan ... --json > {path}'."
         ) from exc
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise SpecError(f"{path} is not a trtbuild plan ({where}: {first['msg']}).") from exc
+        raise SpecError(f"{path} is not a trtbuild plan ({first_error(exc)}).") from exc
 
 
 __all__ = ["Plan", "PlanDoesNotFit", "Step", "make_plan", "plan_from_spec", "read_plan"]

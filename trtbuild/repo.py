@@ -24,7 +24,7 @@ from typing import Any
 
 from trtbuild._atomic import check_writable
 from trtbuild._jsonfile import load_json
-from trtbuild.errors import IncompatibleArtifact, SpecError
+from trtbuild.errors import IncompatibleArtifact, SpecError, first_error
 from trtbuild.specs import EngineInfo, RepoOptions, RepoSpec, Runtime, RuntimeLimits
 
 TOKENIZER_JSON = "tokenizer.json"
@@ -347,7 +347,7 @@ def build_repo_spec(
     try:
         spec = RepoSpec(**values)
     except ValueError as exc:  # pydantic's ValidationError: one line naming the field
-        raise SpecError(f"invalid repository settings: {_first_error(exc)}") from exc
+        raise SpecError(f"invalid repository settings: {first_error(exc)}") from exc
     return RepoBuild(spec=spec, notes=notes)
 
 
@@ -451,15 +451,6 @@ def _apply_plan(
                 f"the plan has {plan.replicas} replicas across {plan.nodes} node(s): serve one "
                 "copy of this repository per replica"
             )
-
-
-def _first_error(exc: ValueError) -> str:
-    errors = getattr(exc, "errors", None)
-    if callable(errors):
-        first = errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "input"
-        return f"{where}: {first['msg']}"
-    return str(exc)
 
 
 # -- rendering ----------------------------------------------------------------------------------------
