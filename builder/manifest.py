@@ -221,5 +221,7 @@ def check_engine_dir(
     """``read_manifest`` + ``check_compatible`` against this machine (or ``runtime``): the one call
     ``serve`` and ``repo`` need. Returns the manifest and the problems ``force`` let through."""
     manifest = read_manifest(engine_dir)
+    if manifest.runtime == "torch":  # the portable runtime runs anywhere: nothing to detect
+        return manifest, []
     found = runtime if runtime is not None else detect_runtime()
     return manifest, check_compatible(manifest, found, force=force, where=Path(engine_dir))

@@ -13,7 +13,7 @@ the same contract (plus one optional output, ``output_text``, that postprocessin
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -246,11 +246,6 @@ class Step:
     model: str
     inputs: dict[str, str]  # model input -> ensemble tensor
     outputs: dict[str, str]  # model output -> ensemble tensor
-
-
-@dataclass(frozen=True)
-class Wiring:
-    steps: list[Step] = field(default_factory=list)
 
 
 def ensemble_steps(n: NameSet = NAMES_1X, *, portable: bool) -> list[Step]:

@@ -189,9 +189,6 @@ class Client:
             )
         return self._io[model]
 
-    def is_decoupled(self, model: str) -> bool:
-        return self.model_io(model).decoupled
-
     # -- generation -------------------------------------------------------------------------------
     def generate(
         self, spec: InferSpec, on_piece: Callable[[str], None] | None = None
@@ -211,11 +208,6 @@ class Client:
         result.latency_s = time.perf_counter() - start
         result.text = "".join(result.pieces)
         return result
-
-    def stream_pieces(self, spec: InferSpec) -> Iterator[str]:
-        """The text pieces of one request as they arrive."""
-        for piece, _ in self._pieces(spec):
-            yield piece
 
     def _pieces(self, spec: InferSpec) -> Iterator[tuple[str, int]]:
         """(text piece, generated tokens so far) for each response."""

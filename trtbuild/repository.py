@@ -24,7 +24,6 @@ from trtbuild.errors import SpecError, TrtbuildError
 from trtbuild.specs import RepoSpec
 
 SPEC_FILE = "trtbuild-repo.json"
-RUNTIME_DIR = Path(__file__).parent / "runtime"
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$|^-?\d+(, -?\d+)*$")
 
 
@@ -209,7 +208,9 @@ def preflight(repo: Path, *, force: bool = False, runtime: Any = None) -> list[s
     repo = Path(repo)
     configs = load_configs(repo)
     if not configs:
-        raise SpecError(f"{repo} holds no */config.pbtxt; render a repository with `trtbuild repo`")
+        raise SpecError(
+            f"{repo} holds no model (no */config.pbtxt); render one with `trtbuild repo`"
+        )
     engine = served_engine_dir(repo, configs)
     if engine is None or not (engine / MANIFEST).is_file():
         return []  # not built by trtbuild: nothing recorded to check against

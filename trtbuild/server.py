@@ -31,7 +31,7 @@ from types import FrameType, TracebackType
 from typing import IO
 
 from trtbuild import proc
-from trtbuild.errors import ServerNotReady, SpecError, ToolNotFound, TrtbuildError
+from trtbuild.errors import ServerNotReady, ToolNotFound, TrtbuildError
 from trtbuild.specs import ServeSpec
 
 LOG_TAIL = 50
@@ -246,12 +246,11 @@ class TritonServer:
     """``with TritonServer(spec) as server:`` starts tritonserver and waits until it is ready."""
 
     def __init__(self, spec: ServeSpec, *, quiet: bool = False) -> None:
-        if not (Path(spec.repo) / "ensemble").exists() and not any(
-            Path(spec.repo).glob("*/config.pbtxt")
-        ):
-            raise SpecError(
-                f"{spec.repo} holds no model (no */config.pbtxt); render one with `trtbuild repo`"
-            )
+        from trtbuild.repository import preflight
+
+        # every config parses, and the engine suits this GPU and TensorRT-LLM (or --force):
+        # checked here so that every start, from the CLI or the library, goes through the gate
+        self.warnings = preflight(Path(spec.repo), force=spec.force)
         self.spec = resolve_ports(spec)
         self.quiet = quiet
         self.install = find_tritonserver(spec.tritonserver)
@@ -379,11 +378,9 @@ def _stop_on_sigterm() -> Iterator[None]:
 
 def serve_forever(spec: ServeSpec) -> None:
     """``trtbuild serve``: start, print the endpoints, run until Ctrl-C/SIGTERM, stop cleanly."""
-    from trtbuild.repository import preflight
-
-    for problem in preflight(Path(spec.repo), force=spec.force):
-        print(f"warning (--force): {problem}", file=sys.stderr)
     server = TritonServer(spec)
+    for problem in server.warnings:
+        print(f"warning (--force): {problem}", file=sys.stderr)
     with _stop_on_sigterm():
         try:
             with server:
