@@ -340,3 +340,71 @@ def test_runtime_metrics_are_exported(served) -> None:
     assert _active(served) is not None
     with pytest.raises(RuntimeFailure, match="no_such_model"):  # a model that does not exist
         generate(served, "Hi", model="no_such_model")
+
+
+@pytest.fixture(scope="module")
+def served_whole(portable_engine, reference, tmp_path_factory):  # type: ignore[no-untyped-def]
+    """The portable flavor rendered with --no-streaming: a non-decoupled core model."""
+    from trtbuild.repository import render_repository
+    from trtbuild.server import TritonServer
+    from trtbuild.specs import RuntimeLimits, ServeSpec
+    from trtbuild.tiny_model import repo_spec
+
+    limits = RuntimeLimits(max_batch_size=4, max_input_len=64, max_seq_len=128, max_num_tokens=128)
+    spec = repo_spec(portable_engine, limits=limits).model_copy(update={"streaming": False})
+    repo = render_repository(spec, tmp_path_factory.mktemp("whole") / "repository")
+    serve = ServeSpec(repo=repo, http_port=0, grpc_port=0, metrics_port=0, shutdown_grace=3)
+    with TritonServer(serve, quiet=True) as server:
+        yield server
+
+
+def test_a_non_streaming_deployment_answers_whole_requests(
+    served_whole, reference: Reference
+) -> None:  # type: ignore[no-untyped-def]
+    """Core model not decoupled: a batch mixing good and refused requests answers each one."""
+    import tritonclient.http as http
+
+    prompts = ["Whole answers", "Batched with", "Another one"]
+    expected = [reference.decode(reference.greedy(p, 12)) for p in prompts]
+    with ThreadPoolExecutor(4) as pool:
+        good = list(
+            pool.map(
+                lambda p: generate(
+                    served_whole,
+                    p,
+                    protocol="http",
+                    model="tensorrt_llm_bls",
+                    max_tokens=12,
+                    end_id=-1,
+                ),
+                prompts,
+            )
+        )
+    assert [r.text for r in good] == expected
+    # plain /infer reaches the core model itself now; requests past the limit are refused one by one
+    ids = reference.encode("Whole answers")
+
+    def core(max_tokens: int):  # type: ignore[no-untyped-def]
+        tensors = []
+        for name, arr in (
+            ("input_ids", np.array([ids], dtype=np.int32)),
+            ("input_lengths", np.array([[len(ids)]], dtype=np.int32)),
+            ("request_output_len", np.array([[max_tokens]], dtype=np.int32)),
+            ("end_id", np.array([[-1]], dtype=np.int32)),
+        ):
+            t = http.InferInput(name, list(arr.shape), "INT32")
+            t.set_data_from_numpy(arr)
+            tensors.append(t)
+        # one client per thread: tritonclient's HTTP client is not safe to share between threads
+        with http.InferenceServerClient(served_whole.http_url) as client:
+            wanted = [http.InferRequestedOutput("output_ids")]
+            return client.infer("tensorrt_llm", tensors, outputs=wanted)
+
+    with ThreadPoolExecutor(4) as pool:
+        futures = [pool.submit(core, n) for n in (8, 500, 8, 500)]
+        outcomes = [f.exception() or f.result() for f in futures]
+    for n, outcome in zip((8, 500, 8, 500), outcomes, strict=True):
+        if n == 8:
+            assert outcome.as_numpy("output_ids").reshape(-1).tolist() == reference.greedy(ids, 8)
+        else:
+            assert "exceeds max_seq_len 128" in str(outcome)

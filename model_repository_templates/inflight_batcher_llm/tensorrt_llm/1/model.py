@@ -146,24 +146,22 @@ class TritonPythonModel:
         return None
 
     def _execute_blocking(self, requests):
-        """Non-decoupled deployments: wait for every request of the batch, then answer."""
-        done, responses, pending = threading.Event(), [None] * len(requests), []
+        """Non-decoupled deployments: wait for every request of the batch, then answer.
+
+        Each submitted request carries its own completion event; the sender thread only sets it,
+        so no list is shared between the two threads.
+        """
+        responses, waiting = [None] * len(requests), []
         for i, request in enumerate(requests):
             try:
                 req = self._parse(request, None)
-                req.tag.responses = (responses, i, done, pending)
-                pending.append(req)
+                req.tag.responses = (responses, i, threading.Event())
+                self.engine.submit(req)
+                waiting.append(req.tag.responses[2])
             except (RequestError, ValueError) as exc:
                 responses[i] = _invalid(str(exc))
-        for req in pending:
-            try:
-                self.engine.submit(req)
-            except RequestError as exc:
-                _, i, _, _ = req.tag.responses
-                responses[i] = _invalid(str(exc))
-                pending.remove(req)
-        while pending and not done.wait(0.5):
-            pass
+        for finished in waiting:
+            finished.wait()
         return responses
 
     def _parse(self, request, sender):
@@ -417,12 +415,10 @@ class TritonPythonModel:
 
     def _deliver(self, state, response, final):
         if state.responses is not None:  # non-decoupled: hand the response to execute()
-            responses, i, done, pending = state.responses
+            responses, i, finished = state.responses
             if final:
                 responses[i] = response
-                pending[:] = [r for r in pending if r.tag is not state]
-                if not pending:
-                    done.set()
+                finished.set()
             return
         try:
             if response is None:
