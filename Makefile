@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.trtbuild-installed
 
-.PHONY: setup demo test test-gpu lint typecheck bench golden docs check clean
+.PHONY: setup demo test test-gpu lint typecheck bench interop golden docs check clean
 
 setup: $(STAMP)
 
@@ -42,6 +42,14 @@ typecheck: setup
 bench: setup
 	$(PY) scripts/bench.py --out bench.json $(BENCH_ARGS)
 
+# Third-party clients for real (extra installs, not part of make test): genai-perf, in its own venv
+# because it pins its own dependencies, against the demo ensemble and BLS.
+INTEROP_VENV := .venv-interop
+interop: setup
+	@test -x $(INTEROP_VENV)/bin/python || $(PYTHON) -m venv $(INTEROP_VENV)
+	$(INTEROP_VENV)/bin/pip install -q 'genai-perf==0.0.8' 'tritonclient[all]==2.51.0' 'nvidia-cuda-runtime-cu12==12.9.79' 'numpy<2'
+	$(PY) scripts/interop.py --genai-perf $(INTEROP_VENV)/bin/genai-perf --out interop.json
+
 golden: setup
 	$(VENV)/bin/pytest tests -k golden --update-golden
 
@@ -52,4 +60,4 @@ check: lint test
 	$(PY) scripts/gen_cli_reference.py --check
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(INTEROP_VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -47,7 +47,7 @@ from trtbuild.builder.manifest import (
     SourceRecord,
     write_manifest,
 )
-from trtbuild.builder.portable import check_portable, write_portable
+from trtbuild.builder.portable import check_portable, portable_software, write_portable
 from trtbuild.builder.settings import BuildSettings, load_plan, resolve
 from trtbuild.builder.validate import (
     Target,
@@ -312,7 +312,7 @@ class _Run:
             manifest = Manifest(
                 runtime="torch",
                 created=_now(),
-                software=SoftwareRecord(trtbuild=__version__),
+                software=portable_software(),
                 dtype=settings.dtype,
                 limits=settings.limits,
                 source=_source_record(source),

@@ -15,7 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    model_serializer,
+)
 
 from trtbuild.builder.settings import BuildSettings, EngineLimits
 from trtbuild.errors import IncompatibleArtifact, SpecError, first_error
@@ -43,6 +50,18 @@ class SoftwareRecord(_Record):
     tensorrt: str | None = None
     cuda: str | None = None
     container: str | None = None
+    # the portable runtime (--runtime torch): the versions its engine directory was prepared with
+    # (written only when known, so other runtimes' manifests do not grow empty keys)
+    torch: str | None = None
+    transformers: str | None = None
+
+    @model_serializer(mode="wrap")
+    def _known_portable_versions(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        for key in ("torch", "transformers"):
+            if data.get(key) is None:
+                data.pop(key, None)
+        return data
 
 
 class ParallelRecord(_Record):
@@ -84,8 +103,16 @@ class PhaseTiming(_Record):
     seconds: float
 
 
+HASH: Literal["sha256"] = (
+    "sha256"  # the algorithm of every digest in a manifest (files, source.files, cache_key)
+)
+
+
 class Manifest(_Record):
     format: int = FORMAT
+    # names the digest algorithm of ``files`` and ``source.files``; manifests written before this
+    # field existed used sha256 too, so it is also the default when reading them
+    hash: Literal["sha256"] = HASH
     runtime: Runtime
     created: str
     gpu: GpuRecord | None = None

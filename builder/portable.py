@@ -10,6 +10,7 @@ transformers, on CPU or any CUDA GPU. ``trtbuild engine --runtime torch`` and
 from __future__ import annotations
 
 import shutil
+from importlib import metadata
 from pathlib import Path
 
 from trtbuild.builder._files import MODEL_FILES as MODEL_FILES
@@ -18,6 +19,7 @@ from trtbuild.builder._files import copy_tokenizer
 from trtbuild.builder._files import normalise_tokenizer_config as normalise_tokenizer_config
 from trtbuild.builder.checkpoint import CheckpointFacts
 from trtbuild.builder.manifest import MANIFEST as MANIFEST
+from trtbuild.builder.manifest import SoftwareRecord
 from trtbuild.errors import SpecError
 
 
@@ -30,6 +32,25 @@ def prepare_portable_engine(
 
     spec = EngineSpec(checkpoint=checkpoint, out=out_dir, runtime="torch", dtype=dtype, force=force)
     return build_engine(spec).out_dir
+
+
+def portable_software() -> SoftwareRecord:
+    """The software a portable engine is prepared with (and that serving it will load): trtbuild,
+    torch (which casts the weights) and transformers (which loads them at serve time)."""
+    from trtbuild import __version__
+
+    return SoftwareRecord(
+        trtbuild=__version__,
+        torch=_installed("torch"),
+        transformers=_installed("transformers"),
+    )
+
+
+def _installed(distribution: str) -> str | None:
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return None
 
 
 def check_portable(facts: CheckpointFacts) -> None:

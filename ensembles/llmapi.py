@@ -26,7 +26,9 @@ from pathlib import Path
 from typing import Any
 
 from trtbuild.ensembles._tensors import Tensor, opt, out, req
-from trtbuild.ensembles.inflight_batcher_llm import Step, version_tuple
+from trtbuild.ensembles.inflight_batcher_llm import Step
+from trtbuild.ensembles.upstream import version_tuple
+from trtbuild.findings import REPOSITORY, Finding
 from trtbuild.specs import RepoSpec
 
 KIND = "llmapi"
@@ -203,21 +205,37 @@ def context(spec: RepoSpec, model: str) -> dict[str, Any]:
     return ctx
 
 
-def spec_findings(spec: RepoSpec) -> list[str]:
+def spec_findings(spec: RepoSpec) -> list[Finding]:
     from trtbuild.ensembles._rules import common_findings
 
     findings = common_findings(spec)
     if version_tuple(spec.trtllm_version) < (1, 0):
         findings.append(
-            f"the llmapi flavor needs TensorRT-LLM >= 1.0 (Triton 25.09 or newer), not "
-            f"{spec.trtllm_version}; use --runtime tensorrtllm for older containers"
+            Finding(
+                REPOSITORY,
+                "the llmapi flavor needs TensorRT-LLM >= 1.0 (Triton 25.09 or newer), not "
+                f"{spec.trtllm_version}",
+                "use --runtime tensorrtllm for older containers",
+            )
+        )
+    if spec.bls_decoupled:
+        findings.append(
+            Finding(
+                REPOSITORY,
+                "the llmapi flavor's tensorrt_llm_bls answers whole responses only",
+                "stream through the ensemble; drop --bls-decoupled",
+            )
         )
     if spec.kv_cache_dtype == "int8":
-        findings.append("TensorRT-LLM's PyTorch backend has no INT8 KV cache; use auto or fp8")
+        findings.append(
+            Finding(
+                REPOSITORY, "TensorRT-LLM's PyTorch backend has no INT8 KV cache", "use auto or fp8"
+            )
+        )
     return findings
 
 
-def check(configs: dict[str, Any]) -> list[str]:
+def check(configs: dict[str, Any]) -> list[Finding]:
     from trtbuild.ensembles._wiring import repository_findings
 
     return repository_findings(configs, MODELS)

@@ -28,6 +28,7 @@ from typing import Any
 
 from trtbuild import __version__, proc
 from trtbuild.builder.portable import prepare_portable_engine
+from trtbuild.perf_analyzer import find_perf_analyzer
 from trtbuild.repository import render_repository
 from trtbuild.server import TritonServer
 from trtbuild.specs import RuntimeLimits, ServeSpec
@@ -39,18 +40,6 @@ PROMPTS = [
     "Tensor parallelism splits each layer across GPUs connected by NVLink",
     "Streaming detokenization must hold back partial UTF-8 characters",
 ]
-
-
-def perf_analyzer() -> tuple[Path, dict[str, str]]:
-    """The perf_analyzer binary of tritonclient 2.51.0 and the libcudart it links."""
-    binary = Path(sys.executable).parent / "perf_analyzer"
-    if not binary.is_file():
-        sys.exit("perf_analyzer not found: run `make setup` (tritonclient==2.51.0 ships it)")
-    import nvidia.cuda_runtime  # from nvidia-cuda-runtime-cu12 (the [bench] extra)
-
-    libdir = Path(list(nvidia.cuda_runtime.__path__)[0]) / "lib"
-    ld = os.environ.get("LD_LIBRARY_PATH", "")
-    return binary, {"LD_LIBRARY_PATH": f"{libdir}:{ld}" if ld else str(libdir)}
 
 
 def input_data(target: str, tokenizer_dir: Path, output_len: int) -> dict[str, Any]:
@@ -230,7 +219,8 @@ def main() -> int:
     )
     args = parser.parse_args()
 
-    binary, env = perf_analyzer()
+    tool = find_perf_analyzer()
+    binary, env = tool.binary, tool.env
     args.exports.mkdir(parents=True, exist_ok=True)
     version = proc.run([binary, "--version"], env=env, quiet=True).output.strip()
     with tempfile.TemporaryDirectory(prefix="trtbuild-bench-") as tmp:

@@ -121,13 +121,30 @@ def served(
     from trtbuild.specs import RuntimeLimits, ServeSpec
     from trtbuild.tiny_model import repo_spec
 
+    # max_queue_size 8: 16 slots + 8 waiting (test_portable_runtime.py fills both, then is refused)
     limits = RuntimeLimits(
-        max_batch_size=16, max_input_len=256, max_seq_len=512, max_num_tokens=512
+        max_batch_size=16, max_input_len=256, max_seq_len=512, max_num_tokens=512, max_queue_size=8
     )
     spec = repo_spec(portable_engine, extra_end_ids=(chat_end_token[0],), limits=limits)
     repo = render_repository(spec, tmp_path_factory.mktemp("served") / "repository")
     # shutdown_grace: Triton 2.51 keeps a decoupled model loaded after it rejected a gRPC stream
     # request for a wrong input dtype (test_max_tokens_zero_and_wrong_dtype_are_refused does that)
+    serve = ServeSpec(repo=repo, http_port=0, grpc_port=0, metrics_port=0, shutdown_grace=3)
+    with TritonServer(serve, quiet=True) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def served_whole(portable_engine, tmp_path_factory):  # type: ignore[no-untyped-def]
+    """The portable flavor rendered with --no-streaming: a non-decoupled core model."""
+    from trtbuild.repository import render_repository
+    from trtbuild.server import TritonServer
+    from trtbuild.specs import RuntimeLimits, ServeSpec
+    from trtbuild.tiny_model import repo_spec
+
+    limits = RuntimeLimits(max_batch_size=4, max_input_len=64, max_seq_len=128, max_num_tokens=128)
+    spec = repo_spec(portable_engine, limits=limits).model_copy(update={"streaming": False})
+    repo = render_repository(spec, tmp_path_factory.mktemp("whole") / "repository")
     serve = ServeSpec(repo=repo, http_port=0, grpc_port=0, metrics_port=0, shutdown_grace=3)
     with TritonServer(serve, quiet=True) as server:
         yield server

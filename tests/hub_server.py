@@ -11,7 +11,9 @@ Written against huggingface_hub 2.4.0 (``HfApi.repo_info`` / ``resolve_revision`
   ``GatedRepo``) the way the Hub sends them, which is what ``hf_raise_for_status`` maps.
 
 Gated repos answer metadata calls but refuse files unless ``Authorization: Bearer <token>``
-matches the repo's token (the Hub: 401 anonymous, 403 when the account has no access).
+matches the repo's token (the Hub: 401 anonymous, 403 when the account has no access). With
+``valid_tokens`` set, any other token gets what the Hub answers an invalid one: 401 with
+``X-Error-Message: Invalid credentials in Authorization header``, on every route.
 Point huggingface_hub at it with ``HF_ENDPOINT=hub.url``. Binds 127.0.0.1 on a free port.
 """
 
@@ -65,6 +67,7 @@ class FakeHub:
         self.repos: dict[str, FakeRepo] = {}
         self.requests: list[Request] = []
         self.url = ""
+        self.valid_tokens: set[str] | None = None  # None: accept any token
 
     def add(self, repo_id: str, repo: FakeRepo) -> FakeRepo:
         self.repos[repo_id] = repo
@@ -145,6 +148,13 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
         def _route(self) -> None:
             headers = {k.lower(): v for k, v in self.headers.items()}
             hub.requests.append(Request(self.command, self.path, headers))
+            token = headers.get("authorization", "").removeprefix("Bearer ")
+            if hub.valid_tokens is not None and token and token not in hub.valid_tokens:
+                return self._send(
+                    401,
+                    json.dumps({"error": "Invalid credentials in Authorization header"}).encode(),
+                    {"X-Error-Message": "Invalid credentials in Authorization header"},
+                )
             path = unquote(urlsplit(self.path).path)
             if path.startswith("/api/models/"):
                 return self._api(path.removeprefix("/api/models/"))

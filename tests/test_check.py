@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from tests.builder.builder_fakes import trtbuild_main
 from tests.repo_fakes import write_hf_checkpoint, write_llama3_tokenizer, write_trtllm_engine
 from trtbuild.builder.manifest import RuntimeInfo
-from trtbuild.check import Finding, check_repository, parameter_keys
+from trtbuild.check import Finding, check_repository, parameter_keys, run_check
 from trtbuild.errors import SpecError
 from trtbuild.repo import build_repo_spec
 from trtbuild.repository import SPEC_FILE, render_repository
@@ -48,7 +48,8 @@ def edit(path: Path, old: str, new: str, count: int = 1) -> None:
 
 
 def check(repo: Path, engine: Path | None = None) -> list[str]:
-    return [str(f) for f in check_repository(CheckOptions(repo=repo, engine=engine))]
+    """Findings as ``trtbuild check`` prints them: errors first."""
+    return [str(f) for f in run_check(CheckOptions(repo=repo, engine=engine)).findings]
 
 
 def only(findings: list[str], needle: str) -> str:
@@ -77,27 +78,32 @@ def test_unfilled_placeholders_name_file_and_line(
     findings = check(repo)
     line = 1 + (repo / "preprocessing/config.pbtxt").read_text().split("${")[0].count("\n")
     assert only(findings, "${triton_max_batch_size}") == (
-        f"preprocessing: unfilled placeholder ${{triton_max_batch_size}} in "
-        f"preprocessing/config.pbtxt:{line}; Triton cannot parse this config until it is filled "
-        "(fix: fill it (fill_template.py leaves keys it was not given), or render the "
+        f"error: preprocessing: unfilled placeholder ${{triton_max_batch_size}} in "
+        f"preprocessing/config.pbtxt:{line}: Triton cannot parse this config until it is filled "
+        "(fix: fill it (fill_template.py ... triton_max_batch_size:VALUE), or render the "
         "repository with 'trtbuild repo')"
     )
-    assert only(findings, "${engine_dir}").startswith(
-        "tensorrt_llm: unfilled placeholder ${engine_dir} in tensorrt_llm/config.pbtxt:"
+    engine_dir = only(findings, "${engine_dir}")
+    assert engine_dir.startswith(
+        "error: tensorrt_llm: unfilled placeholder ${engine_dir} in tensorrt_llm/config.pbtxt:"
     )
-    assert "the model reads it as unset" in only(findings, "${engine_dir}")
+    # what upstream's backend does with it (ensembles/upstream), not a guess
+    from trtbuild.ensembles.upstream import facts
+
+    effect = facts("1.2").placeholder("tensorrt_llm", "engine_dir")
+    assert effect is not None and effect.effect in engine_dir
     assert not any("not a valid Triton model config" in f for f in findings)  # no protobuf trace
     result = runner.invoke(trtbuild_main, ["check", str(repo)])
     assert result.exit_code == 1
     assert result.stdout.splitlines() == findings
-    assert result.stderr == f"Error: {len(findings)} finding(s) in {repo}\n"
+    assert result.stderr == f"Error: 2 errors, 0 warnings in {repo}\n"
 
 
 def test_max_batch_size_out_of_step_across_models(made: dict[str, Path], tmp_path: Path) -> None:
     repo = copy(made["cpp"], tmp_path / "repo", hand_written=True)
     edit(repo / "postprocessing/config.pbtxt", "max_batch_size: 64", "max_batch_size: 16")
     assert check(repo) == [
-        "repository: max_batch_size differs between models: ensemble 64, postprocessing 16, "
+        "warning: repository: max_batch_size differs between models: ensemble 64, postprocessing 16, "
         "preprocessing 64, tensorrt_llm 64, tensorrt_llm_bls 64 (fix: use one value in every "
         "config.pbtxt (fill_template.py's triton_max_batch_size), at most the engine's "
         "build_config.max_batch_size)"
@@ -109,7 +115,7 @@ def test_max_batch_size_beyond_the_engines(made: dict[str, Path], tmp_path: Path
     for config in repo.glob("*/config.pbtxt"):
         edit(config, "max_batch_size: 64", "max_batch_size: 128")
     assert check(repo) == [
-        "tensorrt_llm: max_batch_size 128 exceeds the engine's build_config.max_batch_size 64 "
+        "error: tensorrt_llm: max_batch_size 128 exceeds the engine's build_config.max_batch_size 64 "
         "(fix: set max_batch_size <= 64 in every model, or rebuild the engine with a larger "
         "--max-batch-size)"
     ]
@@ -120,17 +126,19 @@ def test_streaming_without_decoupled(made: dict[str, Path], tmp_path: Path) -> N
     edit(repo / "tensorrt_llm_bls/config.pbtxt", "decoupled: false", "decoupled: true")
     edit(repo / "tensorrt_llm/config.pbtxt", "decoupled: true", "decoupled: false")
     assert only(check(repo), "streams").startswith(
-        "tensorrt_llm_bls: streams (decoupled: true) but tensorrt_llm is not decoupled"
+        "error: tensorrt_llm_bls: streams (decoupled: true) but tensorrt_llm is not decoupled"
     )
     # upstream's BLS with tensorrt_llm_model_name left unfilled calls "tensorrt_llm" too
     edit(repo / "tensorrt_llm_bls/config.pbtxt", 'string_value: "tensorrt_llm" }',
          'string_value: "${tensorrt_llm_model_name}" }')  # fmt: skip
-    assert only(check(repo), "streams").startswith("tensorrt_llm_bls: streams (decoupled: true)")
+    assert only(check(repo), "streams").startswith(
+        "error: tensorrt_llm_bls: streams (decoupled: true)"
+    )
     # a trtbuild repository whose config was edited by hand against its spec
     ours = copy(made["cpp"], tmp_path / "ours")
     edit(ours / "tensorrt_llm/config.pbtxt", "decoupled: true", "decoupled: false")
     assert check(ours) == [
-        "tensorrt_llm: trtbuild-repo.json says streaming true but config.pbtxt has decoupled "
+        "warning: tensorrt_llm: trtbuild-repo.json says streaming true but config.pbtxt has decoupled "
         "false (fix: re-render with 'trtbuild repo --streaming' (or --no-streaming) instead of "
         "editing config.pbtxt)"
     ]
@@ -142,7 +150,7 @@ def test_prompt_echoed(made: dict[str, Path], tmp_path: Path) -> None:
     block = 'key: "exclude_input_in_output"\n  value: { string_value: "true" }'
     edit(core, block, block.replace('"true"', '"false"'))
     assert check(repo) == [
-        "tensorrt_llm: exclude_input_in_output is 'false': text_output repeats the prompt and "
+        "warning: tensorrt_llm: exclude_input_in_output is 'false': text_output repeats the prompt and "
         'benchmarks count it as output (fix: set parameter exclude_input_in_output to "true" '
         "(clients can still ask per request))"
     ]
@@ -171,7 +179,7 @@ def test_llama3_end_token_never_stops_generation(made: dict[str, Path], tmp_path
     edit(pre, 'key: "stop_token_ids"\n  value: { string_value: "128009" }', 'key: "stop_token_ids"\n  value: { string_value: "" }')  # fmt: skip
     finding = only(check(repo), "never stop")
     assert finding.startswith(
-        "preprocessing: end token(s) 128009 (<|eot_id|>) of "
+        "warning: preprocessing: end token(s) 128009 (<|eot_id|>) of "
         f"{(engine / 'tokenizer').resolve()} never stop generation: only end_id 128001 does"
     )
 
@@ -184,7 +192,8 @@ def test_missing_tokenizer_files(made: dict[str, Path], tmp_path: Path) -> None:
     for model in ("preprocessing", "postprocessing"):
         edit(repo / model / "config.pbtxt", where, f'string_value: "{empty}"')
     findings = check(repo)
-    assert [f.split(":")[0] for f in findings] == ["preprocessing", "postprocessing"]
+    assert [f.split(": ")[1] for f in findings] == ["preprocessing", "postprocessing"]
+    assert all(f.startswith("error: ") for f in findings)
     assert f"tokenizer_dir {empty} has no tokenizer files" in findings[0]
     assert "end_id/pad_id and the text cannot be produced" in findings[0]
 
@@ -194,7 +203,7 @@ def test_engine_for_another_tensorrt_llm_version(made: dict[str, Path], tmp_path
     config = json.loads((engine / "config.json").read_text())
     (engine / "config.json").write_text(json.dumps({**config, "version": "1.2.0"}))
     assert check(made["cpp"], engine=engine) == [
-        "tensorrt_llm: the engine is now TensorRT-LLM 1.2.0 but the repository was rendered for "
+        "error: tensorrt_llm: the engine is now TensorRT-LLM 1.2.0 but the repository was rendered for "
         "1.2.1 (fix: re-render the repository with 'trtbuild repo' for this engine)"
     ]
 
@@ -204,7 +213,7 @@ def test_tp_x_pp_against_the_rank_files(made: dict[str, Path], tmp_path: Path) -
     (engine / "rank1.engine").unlink()
     repo = copy(made["cpp"], tmp_path / "repo", hand_written=True)
     assert check(repo, engine=engine) == [
-        f"tensorrt_llm: the engine is TP 2 x PP 1 (world size 2) but {engine} holds 1 rank "
+        f"error: tensorrt_llm: the engine is TP 2 x PP 1 (world size 2) but {engine} holds 1 rank "
         "engine file(s); MPI world size, TP x PP and rank{N}.engine must all agree (fix: rebuild "
         "the engine completely ('trtbuild engine'), and launch one MPI rank per engine file "
         "('trtbuild serve' does))"
@@ -223,11 +232,11 @@ def test_gpu_device_ids_per_instance_must_cover_tp_x_pp(
     )
     findings = check(repo)
     assert findings[0] == (
-        "tensorrt_llm: gpu_device_ids lists 2 instance(s) but instance_group has 1 (fix: set "
+        "error: tensorrt_llm: gpu_device_ids lists 2 instance(s) but instance_group has 1 (fix: set "
         "instance_group count to 2 (one GPU set per instance))"
     )
     assert findings[1:] == [
-        f"tensorrt_llm: gpu_device_ids instance {i} lists 1 GPU(s) for a TP x PP = 2 engine "
+        f"error: tensorrt_llm: gpu_device_ids instance {i} lists 1 GPU(s) for a TP x PP = 2 engine "
         '(fix: list 2 GPU(s) per instance, e.g. "0,1")'
         for i in (0, 1)
     ]
@@ -247,15 +256,15 @@ def test_keys_declared_twice(made: dict[str, Path], tmp_path: Path) -> None:
     )
     findings = check(repo)
     assert only(findings, "declared 2 times") == (
-        "ensemble: output 'kv_cache_alloc_total_blocks' is declared 2 times; keep one "
-        "(fix: remove the duplicate declaration)"
+        "warning: ensemble: output 'kv_cache_alloc_total_blocks' is declared 2 times "
+        "(fix: keep one declaration)"
     )
     assert only(findings, "set 2 times") == (
-        "tensorrt_llm: parameter 'max_beam_width' is set 2 times in tensorrt_llm/config.pbtxt; "
+        "warning: tensorrt_llm: parameter 'max_beam_width' is set 2 times in tensorrt_llm/config.pbtxt; "
         "Triton keeps only the last (fix: keep one)"
     )
     assert only(findings, "max_beam_width 4").startswith(  # and the value it keeps is too big
-        "tensorrt_llm: max_beam_width 4 exceeds the engine's 1"
+        "error: tensorrt_llm: max_beam_width 4 exceeds the engine's 1"
     )
 
 
@@ -265,7 +274,7 @@ def test_ensemble_wiring(made: dict[str, Path], tmp_path: Path) -> None:
          'input_map { key: "input_ids" value: "_INPUT_IDS" }')  # fmt: skip
     findings = check(repo)
     assert only(findings, "_INPUT_IDS").startswith(
-        "ensemble: tensorrt_llm input 'input_ids' reads '_INPUT_IDS', which no earlier step or "
+        "error: ensemble: tensorrt_llm input 'input_ids' reads '_INPUT_IDS', which no earlier step or "
         "ensemble input provides (fix: map every step input"
     )
 
@@ -274,7 +283,7 @@ def test_not_valid_pbtxt_is_one_finding(made: dict[str, Path], tmp_path: Path) -
     repo = copy(made["cpp"], tmp_path / "repo", hand_written=True)
     edit(repo / "postprocessing/config.pbtxt", 'backend: "python"', 'backend: "python"\nbogus: 1')
     assert check(repo) == [
-        "postprocessing: postprocessing/config.pbtxt is not a valid Triton model config: 4:1 : "
+        "error: postprocessing: postprocessing/config.pbtxt is not a valid Triton model config: 4:1 : "
         'Message type "inference.ModelConfig" has no field named "bogus". (fix: correct the '
         "syntax at that line)"
     ]
@@ -290,10 +299,10 @@ def test_llmapi_model_yaml_against_config_and_checkpoint(
     edit(yaml_path, "  dtype: auto\n  free_gpu", "  dtype: fp8\n  free_gpu")
     findings = check(repo)
     assert only(findings, "triton_config.decoupled").startswith(
-        "tensorrt_llm: model.yaml triton_config.decoupled is False but config.pbtxt says true"
+        "error: tensorrt_llm: model.yaml triton_config.decoupled is False but config.pbtxt says true"
     )
     assert only(findings, "kv_cache_config.dtype fp8").startswith(
-        f"tensorrt_llm: kv_cache_config.dtype fp8 but {made['ckpt'].resolve()} was not made with "
+        f"error: tensorrt_llm: kv_cache_config.dtype fp8 but {made['ckpt'].resolve()} was not made with "
         "an FP8 KV cache"
     )
     assert len(findings) == 2
@@ -304,7 +313,7 @@ def test_llmapi_model_alone_echoes_the_prompt(made: dict[str, Path], tmp_path: P
     repo = tmp_path / "repo"
     shutil.copytree(made["llmapi"] / "tensorrt_llm", repo / "tensorrt_llm")
     assert only(check(repo), "repeats the prompt").startswith(
-        "tensorrt_llm: TensorRT-LLM's llmapi model defaults sampling_param_exclude_input_from_"
+        "warning: tensorrt_llm: TensorRT-LLM's llmapi model defaults sampling_param_exclude_input_from_"
         "output to false"
     )
 
@@ -331,6 +340,32 @@ def test_parameter_keys_reads_every_form() -> None:
     assert parameter_keys(text) == ["a", "b", "a"]
 
 
-def test_findings_print_as_model_message_fix() -> None:
+def test_findings_print_as_severity_model_message_fix() -> None:
     finding: Any = Finding("ensemble", "something is wrong", "do this")
-    assert str(finding) == "ensemble: something is wrong (fix: do this)"
+    assert str(finding) == "error: ensemble: something is wrong (fix: do this)"
+    assert str(Finding("m", "odd", "look", "warning")) == "warning: m: odd (fix: look)"
+
+
+def test_warnings_exit_0_unless_strict(
+    made: dict[str, Path], tmp_path: Path, runner: CliRunner
+) -> None:
+    repo = copy(made["cpp"], tmp_path / "repo", hand_written=True)
+    edit(repo / "postprocessing/config.pbtxt", "max_batch_size: 64", "max_batch_size: 16")
+    result = runner.invoke(trtbuild_main, ["check", str(repo)])
+    assert result.exit_code == 0
+    assert result.stdout.startswith("warning: repository: max_batch_size differs")
+    assert result.stderr == f"{repo}: 0 errors, 1 warning\n"
+    strict = runner.invoke(trtbuild_main, ["check", str(repo), "--strict"])
+    assert strict.exit_code == 1
+    assert strict.stderr == f"Error: 0 errors, 1 warning in {repo} (--strict: warnings fail)\n"
+
+
+def test_paths_the_stub_launch_cannot_take(made: dict[str, Path], tmp_path: Path) -> None:
+    """Triton's Python backend starts stubs through an unquoted `bash -c`: check says so."""
+    repo = copy(made["cpp"], tmp_path / "my repo")
+    findings = check(repo)
+    assert findings == [
+        f"error: repository: the repository path {str(repo.resolve())!r} contains ' ', which "
+        "Triton's Python backend cannot pass through its unquoted shell command (fix: move or "
+        "rename it to a path of only ASCII letters, digits and / . _ - + = @ , : %)"
+    ]

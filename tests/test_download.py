@@ -399,3 +399,97 @@ def test_select_files_refuses_non_transformers_repos() -> None:
         select_files(["model.safetensors"])
     assert select_files(["config.json", "model.safetensors", "x.bin"], all_weights=True) == [
         "config.json", "model.safetensors", "x.bin"]  # fmt: skip
+
+
+# -- tokens and credentials ----------------------------------------------------------------------
+BAD_TOKEN = (
+    "refused the token (HTTP 401: invalid credentials); check HF_TOKEN, or run 'hf auth login' "
+    "again (unset HF_TOKEN for a public repository)."
+)
+
+
+def test_a_wrong_token_is_a_bad_token_not_a_gated_repo(
+    runner: CliRunner, hub: FakeHub, hf_home: Path, repo_files: dict[str, bytes],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    hub.valid_tokens = {SECRET, "hf_validButNotOnTheList"}
+    hub.add("meta/gated", FakeRepo(files=dict(repo_files), gated=True, token=SECRET))
+    monkeypatch.setenv("HF_TOKEN", "hf_revokedToken")
+    for repo in (REPO, "meta/gated"):  # the Hub answers 401 for an invalid token, everywhere
+        result = run_main(runner, "download", repo)
+        assert result.exit_code == 2, result.output
+        assert result.stderr.splitlines()[-1] == f"Error: {hub.url} {BAD_TOKEN}"
+        assert "Traceback" not in result.output and "hf_revokedToken" not in result.output
+    monkeypatch.setenv("HF_TOKEN", "hf_validButNotOnTheList")  # a good token without access: 403
+    result = run_main(runner, "download", "meta/gated")
+    assert result.exit_code == 2
+    assert result.stderr.splitlines()[-1].startswith("Error: meta/gated is gated: request access")
+    assert all_manifests(hf_home) == []
+
+
+def test_credentials_in_hf_endpoint_never_reach_a_message(
+    runner: CliRunner, hub: FakeHub, hf_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    password = "s3cretPassw0rd"
+    host = hub.url.removeprefix("http://")
+    monkeypatch.setenv("HF_ENDPOINT", f"http://alice:{password}@{host}")
+    shown = f"http://***@{host}"
+    result = run_main(runner, "download", "acme/nope")  # 404
+    assert result.exit_code == 2
+    assert result.stderr.startswith(f"Error: repository acme/nope not found on {shown} ")
+    result = run_main(runner, "download", REPO, "--revision", "v9")
+    assert result.exit_code == 2
+    assert (
+        result.stderr
+        == f"Error: revision 'v9' not found in {REPO}; see {shown}/{REPO}/tree/main.\n"
+    )
+    hub.valid_tokens = {SECRET}  # the URL's credentials are not a token the Hub knows
+    result = run_main(runner, "download", REPO)
+    assert result.exit_code == 2 and result.stderr.splitlines()[-1] == f"Error: {shown} {BAD_TOKEN}"
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    monkeypatch.setenv("HF_ENDPOINT", f"http://alice:{password}@127.0.0.1:{port}")
+    result = run_main(runner, "download", REPO)
+    assert result.exit_code == 1
+    assert result.stderr.startswith(f"Error: cannot reach http://***@127.0.0.1:{port} (")
+    for path in [p for p in tmp_path.rglob("*") if p.is_file()]:
+        assert password.encode() not in path.read_bytes(), path
+
+
+def test_hub_errors_without_a_mapping_are_one_line_runtime_failures(
+    runner: CliRunner, hub: FakeHub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from huggingface_hub import HfApi
+
+    def broken(*args: object, **kwargs: object) -> None:
+        import httpx2
+        from huggingface_hub.errors import HfHubHTTPError
+
+        request = httpx2.Request("GET", "http://alice:pw@hub.example/api/models/acme/x")
+        response = httpx2.Response(500, request=request)
+        raise HfHubHTTPError(
+            "500 Server Error for url http://alice:pw@hub.example/x", response=response
+        )
+
+    monkeypatch.setattr(HfApi, "resolve_revision", broken)
+    result = run_main(runner, "download", REPO)
+    assert result.exit_code == 1
+    assert result.stderr == (
+        f"Error: {hub.url} answered 500 for {REPO}: 500 Server Error for url "
+        "http://***@hub.example/x; try again later.\n"
+    )
+
+
+@pytest.mark.parametrize(("content", "why"), [(b"{not json", "is not valid JSON"),
+                                               (b"\xff\xfe{}", "codec can't decode")])  # fmt: skip
+def test_a_local_checkpoint_whose_config_is_not_json(
+    runner: CliRunner, local_model: Path, content: bytes, why: str
+) -> None:
+    (local_model / "config.json").write_bytes(content)
+    result = run_main(runner, "download", str(local_model))
+    assert result.exit_code == 2
+    assert result.stderr.startswith(f"Error: {local_model}/config.json {why}" if "JSON" in why
+                                    else f"Error: {local_model}/config.json is not valid JSON")  # fmt: skip
+    assert result.stderr.endswith("; fix or replace it (a transformers checkpoint's own file)\n")
+    assert "Traceback" not in result.output and not (local_model / CHECKPOINT_MANIFEST).exists()

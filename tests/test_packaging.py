@@ -36,6 +36,8 @@ def test_wheel_contains_templates_and_model_files(tmp_path: Path) -> None:
         "trtbuild/runtime/engine.py",
         "trtbuild/runtime/detok.py",
         "trtbuild/model_repository_templates/_macros.j2",
+        "trtbuild/ensembles/upstream/trtllm-0.19.json",
+        "trtbuild/ensembles/upstream/trtllm-1.2.json",
     }
     for model in (
         "ensemble",

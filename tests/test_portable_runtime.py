@@ -9,19 +9,29 @@ from __future__ import annotations
 
 import threading
 import time
+import urllib.error
+import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
+from tritonclient.utils import np_to_triton_dtype
 
 from tests.conftest import STOP_PROMPT, Reference
+from tests.test_poisoned_requests import CLIENT_TYPES, Stream, core, ensemble, load_types, tensors
 from tests.triton_helpers import core_inputs, metric, stream_core
 from trtbuild.client import Client
 from trtbuild.errors import InferenceError, InvalidRequest, RuntimeFailure, UserError
 from trtbuild.specs import InferSpec, SamplingSpec
 
 pytestmark = pytest.mark.server
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _declared_types(served) -> None:  # type: ignore[no-untyped-def]
+    load_types(served.grpc_url)
+
 
 PROMPTS = [
     "Hi",
@@ -134,13 +144,9 @@ def test_cancellation_stops_generation_and_frees_the_slot(served, reference: Ref
         served.grpc_url, core_inputs(ids, 480, end_id=-1, streaming=True), cancel_after=5
     )
     assert got.error is None and len(got.responses) == 5
-    deadline = time.monotonic() + 30
-    while _active(served) != 0 and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert _active(served) == 0
-    time.sleep(0.3)  # metrics refresh every 50 ms
-    steps = _iterations(served) - before
+    steps = _settled_iterations(served) - before  # the engine went idle: nothing runs on
     assert steps < 240, f"generation ran {steps} steps after cancel (asked for 480)"
+    assert _active(served) == 0
     # the slot is free: a later request completes, with the right tokens
     later = stream_core(served.grpc_url, core_inputs(ids, 8, end_id=-1, streaming=True))
     assert later.tokens == reference.greedy(ids, 8)
@@ -235,9 +241,9 @@ def test_max_tokens_zero_and_wrong_dtype_are_refused(served) -> None:
     assert got.error is not None and "INT64" in got.error.upper()
     # and beam search, which the portable runtime cannot honour
     got = stream_core(served.grpc_url, core_inputs([1, 5, 6], 4, beam_width=2))
-    assert got.error is not None and "beam_width > 1 is not supported" in got.error
+    assert got.error is not None and "beam_width 2 is not supported" in got.error
     got = stream_core(served.grpc_url, core_inputs([1, 5, 6], 4, lora_task_id=3))
-    assert got.error is not None and "does not support lora_task_id" in got.error
+    assert got.error is not None and "lora_task_id asks for a LoRA adapter" in got.error
     client.close()
 
 
@@ -342,22 +348,6 @@ def test_runtime_metrics_are_exported(served) -> None:
         generate(served, "Hi", model="no_such_model")
 
 
-@pytest.fixture(scope="module")
-def served_whole(portable_engine, reference, tmp_path_factory):  # type: ignore[no-untyped-def]
-    """The portable flavor rendered with --no-streaming: a non-decoupled core model."""
-    from trtbuild.repository import render_repository
-    from trtbuild.server import TritonServer
-    from trtbuild.specs import RuntimeLimits, ServeSpec
-    from trtbuild.tiny_model import repo_spec
-
-    limits = RuntimeLimits(max_batch_size=4, max_input_len=64, max_seq_len=128, max_num_tokens=128)
-    spec = repo_spec(portable_engine, limits=limits).model_copy(update={"streaming": False})
-    repo = render_repository(spec, tmp_path_factory.mktemp("whole") / "repository")
-    serve = ServeSpec(repo=repo, http_port=0, grpc_port=0, metrics_port=0, shutdown_grace=3)
-    with TritonServer(serve, quiet=True) as server:
-        yield server
-
-
 def test_a_non_streaming_deployment_answers_whole_requests(
     served_whole, reference: Reference
 ) -> None:  # type: ignore[no-untyped-def]
@@ -408,3 +398,484 @@ def test_a_non_streaming_deployment_answers_whole_requests(
             assert outcome.as_numpy("output_ids").reshape(-1).tolist() == reference.greedy(ids, 8)
         else:
             assert "exceeds max_seq_len 128" in str(outcome)
+
+
+# -- upstream's defaults, shapes and outputs -----------------------------------------------------
+PRE_TO_CORE = {  # what upstream's ensemble maps from preprocessing into tensorrt_llm
+    "INPUT_ID": "input_ids", "REQUEST_INPUT_LEN": "input_lengths",
+    "DECODER_INPUT_ID": "decoder_input_ids", "REQUEST_DECODER_INPUT_LEN": "decoder_input_lengths",
+    "REQUEST_OUTPUT_LEN": "request_output_len", "STOP_WORDS_IDS": "stop_words_list",
+    "BAD_WORDS_IDS": "bad_words_list", "EMBEDDING_BIAS": "embedding_bias",
+    "OUT_END_ID": "end_id", "OUT_PAD_ID": "pad_id",
+    "OUT_PROMPT_TABLE_EXTRA_IDS": "prompt_table_extra_ids",
+}  # fmt: skip
+
+
+def _infer(url: str, model: str, values: dict[str, np.ndarray]):  # type: ignore[no-untyped-def]
+    client = grpcclient.InferenceServerClient(url)
+    inputs = []
+    for name, arr in values.items():
+        dtype = "BYTES" if arr.dtype == object else np_to_triton_dtype(arr.dtype)
+        t = grpcclient.InferInput(name, list(arr.shape), dtype)
+        t.set_data_from_numpy(arr)
+        inputs.append(t)
+    try:
+        return client.infer(model, inputs)
+    finally:
+        client.close()
+
+
+def _preprocess(served, prompts: list[str], max_tokens: int, **extra: np.ndarray):  # type: ignore[no-untyped-def]
+    values = {
+        "QUERY": np.array([[p.encode()] for p in prompts], dtype=object),
+        "REQUEST_OUTPUT_LEN": np.full((len(prompts), 1), max_tokens, dtype=np.int32),
+        **extra,
+    }
+    result = _infer(served.grpc_url, "preprocessing", values)
+    return {n: result.as_numpy(n) for n in PRE_TO_CORE if result.as_numpy(n) is not None}
+
+
+def _as_core(pre: dict[str, np.ndarray], **extra: np.ndarray) -> list[grpcclient.InferInput]:
+    values = {PRE_TO_CORE[n]: arr for n, arr in pre.items()}
+    values.update(extra)
+    inputs = []
+    for name, arr in values.items():
+        t = grpcclient.InferInput(name, list(arr.shape), np_to_triton_dtype(arr.dtype))
+        t.set_data_from_numpy(arr)
+        inputs.append(t)
+    return inputs
+
+
+def test_preprocessing_emits_upstreams_outputs_and_the_core_accepts_them(
+    served, reference: Reference, chat_end_token
+) -> None:  # type: ignore[no-untyped-def]
+    from trtbuild.tiny_model import EOS_ID, EOT_ID, PAD_ID
+
+    prompt = "Upstream defaults reach the core"
+    ids = reference.encode(prompt)
+    pre = _preprocess(
+        served,
+        [prompt],
+        12,
+        END_ID=np.array([[-1]], dtype=np.int32),
+        PROMPT_TABLE_EXTRA_ID=np.array([[7]], dtype=np.uint64),
+    )
+    assert pre["INPUT_ID"].dtype == np.int32 and pre["INPUT_ID"].tolist() == [ids]
+    assert pre["REQUEST_INPUT_LEN"].tolist() == [[len(ids)]]
+    assert pre["DECODER_INPUT_ID"].tolist() == [[PAD_ID]]  # upstream: the pad id, length 1
+    assert pre["REQUEST_DECODER_INPUT_LEN"].tolist() == [[1]]
+    assert pre["BAD_WORDS_IDS"].shape == pre["STOP_WORDS_IDS"].shape == (1, 2, 0)
+    assert pre["EMBEDDING_BIAS"].shape == (1, 0) and pre["EMBEDDING_BIAS"].dtype == np.float32
+    assert pre["OUT_END_ID"].tolist() == [[-1]] and pre["OUT_PAD_ID"].tolist() == [[PAD_ID]]
+    assert pre["REQUEST_OUTPUT_LEN"].tolist() == [[12]]
+    extra = pre["OUT_PROMPT_TABLE_EXTRA_IDS"]  # text only: no prompt-table position
+    assert extra.dtype == np.uint64 and extra.shape == (1, len(ids)) and not extra.any()
+    # all of it, as upstream's ensemble maps it, and the client's defaults beside
+    got = Stream(
+        served.grpc_url,
+        "tensorrt_llm",
+        _as_core(
+            pre,
+            streaming=np.array([[True]]),
+            len_penalty=np.array([[1.0]], dtype=np.float32),
+            beam_width=np.array([[1]], dtype=np.int32),
+            num_return_sequences=np.array([[1]], dtype=np.int32),
+        ),
+    ).wait()
+    assert got.error is None and got.tokens == reference.greedy(ids, 12)
+    # the tokenizer's end id: the model's other end tokens become stop words
+    default = _preprocess(served, [prompt], 12)
+    assert default["OUT_END_ID"].tolist() == [[EOS_ID]]
+    words = default["STOP_WORDS_IDS"][0]
+    assert words.tolist() == [[EOT_ID, chat_end_token[0]], [1, 2]]
+
+
+def test_embedding_bias_words_work_exactly_as_upstreams(served, reference: Reference) -> None:  # type: ignore[no-untyped-def]
+    import torch
+    from transformers import LogitsProcessor, LogitsProcessorList
+
+    words, weights = ["model", "Triton"], [9.0, -2.5]
+    prompt = "Bias the next words"
+    pre = _preprocess(
+        served,
+        [prompt],
+        16,
+        EMBEDDING_BIAS_WORDS=np.array([[w.encode() for w in words]], dtype=object),
+        EMBEDDING_BIAS_WEIGHTS=np.array([weights], dtype=np.float32),
+    )
+    # upstream: a vocabulary-sized zero vector; each weight added to every id of
+    # tokenizer.encode(word) (transformers' default: special tokens included)
+    tok = reference.tokenizer
+    expected = np.zeros(len(tok.vocab), dtype=np.float32)
+    for word, weight in zip(words, weights, strict=True):
+        for i in tok.encode(word):
+            expected[i] += weight
+    assert pre["EMBEDDING_BIAS"].shape == (1, len(tok.vocab))
+    assert np.array_equal(pre["EMBEDDING_BIAS"][0], expected)
+    bias = torch.tensor(expected)
+
+    class Add(LogitsProcessor):
+        def __call__(self, input_ids, scores):  # type: ignore[no-untyped-def]
+            return scores + bias
+
+    ids = reference.encode(prompt)
+    with torch.no_grad():
+        out = reference.model.generate(
+            torch.tensor([ids]), max_new_tokens=16, do_sample=False, eos_token_id=None,
+            pad_token_id=3, logits_processor=LogitsProcessorList([Add()]),
+        )  # fmt: skip
+    biased = out[0][len(ids) :].tolist()
+    assert biased != reference.greedy(ids, 16)  # the bias matters
+    stream = Stream(
+        served.grpc_url,
+        "ensemble",
+        ensemble(
+            prompt, 16, end_id=-1, embedding_bias_words=[words], embedding_bias_weights=[weights]
+        ),
+    ).wait()
+    assert stream.error is None and stream.text == reference.decode(biased)
+
+
+def test_response_shapes_are_upstreams(served, reference: Reference) -> None:  # type: ignore[no-untyped-def]
+    """output_ids [1, beam, T], sequence_length / cum_log_probs [1, beam], output_log_probs
+    [1, beam, T] (TensorRT-LLM's utils.cc); text_output one string per sequence, [1], so that
+    upstream clients' ``as_numpy('text_output')[0].decode()`` works."""
+    ids = reference.encode("Shapes")
+    got = stream_core(served.grpc_url, core_inputs(ids, 5, end_id=-1, return_log_probs=True))
+    r = got.responses[-1]
+    assert r["output_ids"].shape == (1, 1, 5) and r["sequence_length"].shape == (1, 1)
+    assert r["cum_log_probs"].shape == (1, 1) and r["output_log_probs"].shape == (1, 1, 5)
+    assert "batch_index" not in r  # one sequence: upstream sends it only for batches
+    for stream in (True, False):
+        s = Stream(
+            served.grpc_url, "ensemble", ensemble("Shapes", 6, end_id=-1, stream=stream)
+        ).wait()
+        texts = [r["text_output"] for r in s.responses]
+        assert texts and all(t.shape == (1,) for t in texts)
+        expected = reference.decode(reference.greedy("Shapes", 6))
+        assert "".join(t[0].decode() for t in texts) == expected
+
+
+def test_perf_metrics_are_real(served, reference: Reference) -> None:  # type: ignore[no-untyped-def]
+    from trtbuild.runtime.engine import TOKENS_PER_BLOCK
+
+    prompt = list(range(5, 44))  # 39 tokens
+    got = Stream(
+        served.grpc_url,
+        "tensorrt_llm",
+        core(prompt, 40, end_id=-1, streaming=True, return_perf_metrics=True),
+    ).wait()
+    assert got.error is None and got.tokens == reference.greedy(prompt, 40)
+    ints = ("kv_cache_alloc_new_blocks", "kv_cache_reused_blocks", "kv_cache_alloc_total_blocks",
+            "total_accepted_draft_tokens", "total_draft_tokens")  # fmt: skip
+    times = ("arrival_time_ns", "first_scheduled_time_ns", "first_token_time_ns",
+             "last_token_time_ns")  # fmt: skip
+    for r in got.responses:
+        for name in ints:
+            assert r[name].shape == (1, 1) and r[name].dtype == np.int32, name
+        for name in times:
+            assert r[name].shape == (1, 1) and r[name].dtype == np.int64, name
+        assert r["acceptance_rate"].dtype == np.float32 and float(r["acceptance_rate"][0, 0]) == 0
+    v = [{k: int(r[k].reshape(-1)[0]) for k in (*ints, *times)} for r in got.responses]
+    for i, row in enumerate(v):  # the KV this request holds, in blocks of 32 tokens, none reused
+        blocks = -(-(39 + i) // TOKENS_PER_BLOCK)
+        assert row["kv_cache_alloc_new_blocks"] == row["kv_cache_alloc_total_blocks"] == blocks
+        assert row["kv_cache_reused_blocks"] == row["total_draft_tokens"] == 0
+        assert row["total_accepted_draft_tokens"] == 0
+        assert row["arrival_time_ns"] <= row["first_scheduled_time_ns"]
+        assert row["first_scheduled_time_ns"] <= row["first_token_time_ns"]
+        assert row["first_token_time_ns"] <= row["last_token_time_ns"]
+    assert v[-1]["kv_cache_alloc_total_blocks"] == 3  # 39 + 39 tokens
+    assert len({row["first_token_time_ns"] for row in v}) == 1
+    assert [row["last_token_time_ns"] for row in v] == sorted(
+        row["last_token_time_ns"] for row in v
+    )
+    # through the ensemble too
+    ens = Stream(
+        served.grpc_url, "ensemble", ensemble("Perf", 3, end_id=-1, return_perf_metrics=True)
+    ).wait()
+    assert all(r["kv_cache_alloc_total_blocks"].shape == (1, 1) for r in ens.responses)
+
+
+# -- a batch dimension > 1 -------------------------------------------------------------------------
+def test_a_batch_of_sequences_answers_like_tensorrt_llm(served, reference: Reference) -> None:  # type: ignore[no-untyped-def]
+    from trtbuild.tiny_model import PAD_ID
+
+    prompts = [reference.encode(p) for p in ("Batch row zero", "Row one", "And a longer row two")]
+    lengths = [9, 5, 12]
+    width = max(len(p) for p in prompts)
+    ids = np.full((3, width), PAD_ID, dtype=np.int32)
+    for i, p in enumerate(prompts):
+        ids[i, : len(p)] = p
+
+    def request(stream: bool) -> list[grpcclient.InferInput]:
+        values = {
+            "input_ids": ids,
+            "input_lengths": np.array([[len(p)] for p in prompts], dtype=np.int32),
+            "request_output_len": np.array([[n] for n in lengths], dtype=np.int32),
+            "end_id": np.array([[-1]] * 3, dtype=np.int32),
+            "streaming": np.array([[stream]] * 3),
+        }
+        return _as_core({}, **values)
+
+    expected = [reference.greedy(p, n) for p, n in zip(prompts, lengths, strict=True)]
+    for stream in (True, False):
+        got = Stream(served.grpc_url, "tensorrt_llm", request(stream), batched=True).wait()
+        assert got.errors == []
+        rows: dict[int, list[int]] = {0: [], 1: [], 2: []}
+        for r in got.responses:
+            assert r["batch_index"].shape == (1, 1) and r["output_ids"].shape[:2] == (1, 1)
+            rows[int(r["batch_index"][0, 0])] += r["output_ids"].ravel().tolist()
+        assert [rows[i] for i in range(3)] == expected
+        # one final flag, on the last response, after every sequence ended
+        assert got.finals == 1 and got.responses[-1]["_final"]
+        assert [r["_final"] for r in got.responses].count(True) == 1
+        if not stream:
+            assert len(got.responses) == 3
+    # through the ensemble: preprocessing takes QUERY [B, 1] the way upstream's does
+    texts = ["Two prompts", "in one request"]
+    pre = _preprocess(served, texts, 6)
+    encoded = [reference.encode(t) for t in texts]
+    assert pre["REQUEST_INPUT_LEN"].tolist() == [[len(e)] for e in encoded]
+    assert pre["INPUT_ID"].shape == (2, max(len(e) for e in encoded))
+    assert pre["INPUT_ID"][0, len(encoded[0]) :].tolist() == [PAD_ID] * (
+        pre["INPUT_ID"].shape[1] - len(encoded[0])
+    )
+    values = {"text_input": [[t] for t in texts], "max_tokens": [[6], [6]], "stream": [[True]] * 2,
+              "end_id": [[-1], [-1]]}  # fmt: skip
+    ens = Stream(served.grpc_url, "ensemble", tensors(values, CLIENT_TYPES), batched=True).wait()
+    by_row: dict[int, str] = {0: "", 1: ""}
+    for r in ens.responses:
+        if r.get("text_output") is not None:
+            by_row[int(r["batch_index"][0, 0])] += r["text_output"][0].decode()
+    assert [by_row[0], by_row[1]] == [reference.decode(reference.greedy(e, 6)) for e in encoded]
+
+
+def test_a_failing_sequence_of_a_batch_fails_alone(served, reference: Reference) -> None:  # type: ignore[no-untyped-def]
+    """Row 1 bans every token (legal values, impossible logits): its error carries no final flag;
+    row 0 runs to the end and ends the request."""
+    from trtbuild.tiny_model import PAD_ID
+
+    prompt = reference.encode("Healthy row")
+    ids = np.array([prompt, [1, 5] + [PAD_ID] * (len(prompt) - 2)], dtype=np.int32)
+    bias = np.zeros((2, 2048), dtype=np.float32)
+    bias[1, :] = -np.inf
+    values = {
+        "input_ids": ids,
+        "input_lengths": np.array([[len(prompt)], [2]], dtype=np.int32),
+        "request_output_len": np.array([[10], [10]], dtype=np.int32),
+        "end_id": np.array([[-1], [-1]], dtype=np.int32),
+        "embedding_bias": bias,
+        "streaming": np.array([[True], [True]]),
+    }
+    got = Stream(served.grpc_url, "tensorrt_llm", _as_core({}, **values), batched=True).wait()
+    assert len(got.errors) == 1 and "sequence 1:" in got.errors[0]
+    assert got.tokens == reference.greedy(prompt, 10) and got.finals == 1
+
+
+def test_a_non_streaming_deployment_refuses_a_batch_like_tensorrt_llm(served_whole) -> None:  # type: ignore[no-untyped-def]
+    import tritonclient.http as http
+
+    tensors_ = []
+    for name, arr in (
+        ("input_ids", np.array([[1, 5], [1, 6]], dtype=np.int32)),
+        ("input_lengths", np.array([[2], [2]], dtype=np.int32)),
+        ("request_output_len", np.array([[4], [4]], dtype=np.int32)),
+    ):
+        t = http.InferInput(name, list(arr.shape), "INT32")
+        t.set_data_from_numpy(arr)
+        tensors_.append(t)
+    with (
+        http.InferenceServerClient(served_whole.http_url) as client,
+        pytest.raises(Exception, match="needs the decoupled transaction policy") as exc,
+    ):
+        client.infer("tensorrt_llm", tensors_)
+    assert exc.value.status() == "400"  # type: ignore[attr-defined]
+
+
+# -- overload: the queue beyond the free slots -------------------------------------------------------
+def _waiting(server) -> float | None:  # type: ignore[no-untyped-def]
+    return metric(server.metrics_url, "nv_trt_llm_request_metrics", request_type="waiting")
+
+
+def test_a_burst_fills_the_slots_and_the_queue_then_requests_are_refused_as_busy(
+    served, reference: Reference
+) -> None:  # type: ignore[no-untyped-def]
+    """16 slots + max_queue_size 8: a burst of 24 is accepted; the 25th is UNAVAILABLE, marked
+    retryable, and trtbuild's client says to retry (exit 1)."""
+    from trtbuild.client import ServerBusy
+
+    holders = [
+        Stream(
+            served.grpc_url,
+            "tensorrt_llm",
+            core([1, 5, 6 + i], 480, end_id=-1, streaming=True),
+            request_id=f"burst-{i}",
+        )
+        for i in range(24)
+    ]
+    deadline = time.monotonic() + 30
+    while (_active(served), _waiting(served)) != (16, 8) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert (_active(served), _waiting(served)) == (16, 8)
+    assert not any(h.errors for h in holders)  # all 24 accepted
+    refused = Stream(served.grpc_url, "tensorrt_llm", core([1, 5, 6], 4, streaming=True)).wait()
+    assert refused.error is not None and "(retryable)" in refused.error
+    assert "8 requests already wait beyond the 16 batch slots" in refused.error
+    for protocol in ("grpc", "http"):
+        with pytest.raises(ServerBusy, match="retry the request later") as exc:
+            generate(served, "One too many", protocol=protocol, stream=True, max_tokens=4)
+        assert exc.value.exit_code == 1
+    with Client(served.grpc_url) as client:
+        for i in range(24):
+            client.stop("ensemble", f"burst-{i}")
+    for h in holders:
+        h.wait()
+        assert h.errors == [] and len(h.tokens) < 480
+    ok = generate(served, "Served again", stream=True, max_tokens=4, end_id=-1)
+    assert ok.text == reference.decode(reference.greedy("Served again", 4))
+
+
+# -- cancellation through the ensemble ---------------------------------------------------------------
+class _WalkAway(Exception):
+    pass
+
+
+def test_cancelled_ensemble_streams_free_their_slots(served, reference: Reference) -> None:  # type: ignore[no-untyped-def]
+    """Triton 2.51 does not forward a client's cancel to the ensemble's tensorrt_llm; trtbuild's
+    client also sends `stop` with the stream's request id, so the slots free at once."""
+    start = threading.Barrier(16)
+
+    def walk_away(i: int) -> None:
+        pieces = []
+
+        def on_piece(piece: str) -> None:
+            pieces.append(piece)
+            if len(pieces) == 3:
+                raise _WalkAway
+
+        start.wait()
+        s = spec(served, f"Walk away {i}", stream=True, max_tokens=480, end_id=-1)
+        with Client(s.url, s.protocol) as client, pytest.raises(_WalkAway):
+            client.generate(s, on_piece=on_piece)
+
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(walk_away, range(16)))
+    began = time.monotonic()
+    after = generate(served, "After the cancels", stream=True, max_tokens=4, end_id=-1)
+    assert time.monotonic() - began < 1.0  # the slots are free: it did not wait behind 16 streams
+    assert after.text == reference.decode(reference.greedy("After the cancels", 4))
+    deadline = time.monotonic() + 10
+    while _active(served) != 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _active(served) == 0
+
+
+def test_an_abandoned_http_stream_is_stopped_too(served) -> None:  # type: ignore[no-untyped-def]
+    """Triton 2.51's HTTP generate_stream has no cancellation at all: the client stops by id."""
+    before = _iterations(served)
+    pieces: list[str] = []
+
+    def on_piece(piece: str) -> None:
+        pieces.append(piece)
+        if len(pieces) == 3:
+            raise _WalkAway
+
+    s = spec(served, "Walk away over HTTP", protocol="http", stream=True, max_tokens=480, end_id=-1)
+    with Client(s.url, s.protocol) as client, pytest.raises(_WalkAway):
+        client.generate(s, on_piece=on_piece)
+    assert _settled_iterations(served) - before < 240, "generation ran on after the client left"
+
+
+def _settled_iterations(server) -> float:  # type: ignore[no-untyped-def]
+    """The iteration counter once the engine has stopped stepping (no change for 0.5 s)."""
+    deadline = time.monotonic() + 60
+    last = _iterations(server)
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        now = _iterations(server)
+        if now == last:
+            return now
+        last = now
+    raise AssertionError("the engine never went idle")
+
+
+def test_a_cancel_alone_does_not_reach_the_ensembles_core_model(served) -> None:  # type: ignore[no-untyped-def]
+    """What a client that only cancels gets (Triton 2.51): its stream ends, but tensorrt_llm
+    generates on to max_tokens. (If a later Triton forwards cancellation, this test says so.)"""
+    before = _iterations(served)
+    s = Stream(served.grpc_url, "ensemble", ensemble("Only cancel", 400, end_id=-1))
+    while len(s.responses) < 3:
+        time.sleep(0.005)
+    s.close()  # cancels the stream, sends no stop
+    assert _settled_iterations(served) - before >= 390  # it ran to (about) max_tokens
+
+
+def test_stop_with_the_ensemble_streams_request_id_ends_it(served) -> None:  # type: ignore[no-untyped-def]
+    """The ensemble hands the client's request id to tensorrt_llm, so `stop` finds it."""
+    s = Stream(served.grpc_url, "ensemble", ensemble("Stop me", 480, end_id=-1), request_id="ens-7")
+    while len(s.responses) < 3:
+        time.sleep(0.005)
+    with Client(served.http_url, "http") as client:
+        assert client.stop("ensemble", "ens-7")
+    s.wait(30)
+    assert s.errors == [] and len(s.responses) < 240
+
+
+# -- the engine thread dies ----------------------------------------------------------------------------
+FAULT = '\nparameters: {\n  key: "test_fault_request_id"\n  value: { string_value: "die" }\n}\n'
+
+
+@pytest.fixture
+def fragile(portable_engine, tmp_path):  # type: ignore[no-untyped-def]
+    """A server of its own whose runtime kills its engine thread on request id "die"."""
+    from trtbuild.repository import render_repository
+    from trtbuild.server import TritonServer
+    from trtbuild.specs import RuntimeLimits, ServeSpec
+    from trtbuild.tiny_model import repo_spec
+
+    limits = RuntimeLimits(max_batch_size=4, max_input_len=64, max_seq_len=512, max_num_tokens=128)
+    repo = render_repository(repo_spec(portable_engine, limits=limits), tmp_path / "repository")
+    config = repo / "tensorrt_llm" / "config.pbtxt"
+    config.write_text(config.read_text() + FAULT)
+    server = TritonServer(
+        ServeSpec(repo=repo, http_port=0, grpc_port=0, metrics_port=0, shutdown_grace=3),
+        quiet=True,
+    )
+    server.start()
+    try:
+        server.wait_ready()
+        yield server
+    finally:
+        server.stop()
+
+
+def test_a_dead_engine_answers_everyone_and_the_model_dies(fragile) -> None:  # type: ignore[no-untyped-def]
+    running = [
+        Stream(
+            fragile.grpc_url, "tensorrt_llm", core([1, 5, 6 + i], 480, end_id=-1, streaming=True)
+        )
+        for i in range(3)
+    ]
+    for r in running:
+        assert r.first.wait(30)
+    trigger = Stream(fragile.grpc_url, "tensorrt_llm", core([1, 5], 4), request_id="die")
+    for s in [*running, trigger]:
+        s.wait(30)
+        assert s.error is not None and "engine thread died" in s.error, s.error
+    later = Stream(fragile.grpc_url, "tensorrt_llm", core([1, 5], 4)).wait(30)
+    assert later.error is not None  # an error, never silence
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and _ready(fragile):
+        time.sleep(0.1)
+    assert not _ready(fragile)  # the stub exited: the model is gone
+
+
+def _ready(server) -> bool:  # type: ignore[no-untyped-def]
+    try:
+        with urllib.request.urlopen(  # noqa: S310 - loopback
+            f"http://{server.http_url}/v2/models/tensorrt_llm/ready", timeout=2
+        ) as resp:
+            return resp.status == 200
+    except (urllib.error.URLError, ConnectionError, OSError):
+        return False

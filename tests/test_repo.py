@@ -318,7 +318,11 @@ def test_never_overwrites_without_force(tmp_path: Path, llama3_tokenizer: Path) 
 def test_strings_are_escaped_in_pbtxt_and_yaml(tmp_path: Path, llama3_tokenizer: Path) -> None:
     odd = tmp_path / 'we"ird: #path\\ ✨'
     ckpt = write_hf_checkpoint(odd, llama3_tokenizer)
-    repo = render(ckpt, tmp_path / "repo", runtime="llmapi")
+    with pytest.raises(SpecError, match="contains '\"', which Triton's Python backend"):
+        render(ckpt, tmp_path / "repo", runtime="llmapi")  # `trtbuild repo` refuses such paths
+    # the renderer itself (the library) still escapes whatever it is given
+    spec = build_repo_spec(ckpt, runtime="llmapi", runtime_info=NOWHERE).spec
+    repo = render_repository(spec, tmp_path / "repo")
     args = yaml.safe_load((repo / "tensorrt_llm/1/model.yaml").read_text())
     assert args["model"] == str(odd.resolve())
     assert params(load_configs(repo)["preprocessing"])["tokenizer_dir"] == str(odd.resolve())

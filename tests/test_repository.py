@@ -120,10 +120,10 @@ def test_a_failed_render_leaves_nothing_behind(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from trtbuild.ensembles import inflight_batcher_llm
+    from trtbuild.findings import Finding
 
-    monkeypatch.setattr(
-        inflight_batcher_llm, "check", lambda configs: ["ensemble: broken on purpose"]
-    )
+    broken = [Finding("ensemble", "broken on purpose", "none")]
+    monkeypatch.setattr(inflight_batcher_llm, "check", lambda configs: broken)
     with pytest.raises(TemplateRenderError, match="broken on purpose"):
         render_repository(spec_for(tmp_path / "e"), tmp_path / "repo")
     assert list(tmp_path.iterdir()) == []
@@ -138,11 +138,12 @@ def test_wiring_findings_name_the_problem(tmp_path: Path) -> None:
     step = ens.ensemble_scheduling.step[1]
     step.input_map["input_idz"] = step.input_map.pop("input_ids")
     ens.output.add(name="text_output", data_type=ens.output[0].data_type, dims=[-1])
-    findings = inflight_batcher_llm.check(configs)
-    assert any("tensorrt_llm has no input 'input_idz'" in f for f in findings)
-    assert any("output 'text_output' is declared 2 times" in f for f in findings)
+    findings = [str(f) for f in inflight_batcher_llm.check(configs)]
+    assert any("error: ensemble: tensorrt_llm has no input 'input_idz'" in f for f in findings)
+    assert any("warning: ensemble: output 'text_output' is declared 2 times" in f for f in findings)
     del configs["postprocessing"]
-    assert "model 'postprocessing' is missing" in inflight_batcher_llm.check(configs)
+    missing = [f.message for f in inflight_batcher_llm.check(configs)]
+    assert "model 'postprocessing' is missing" in missing
 
 
 def test_golden_portable_repository(tmp_path: Path, update_golden: bool) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -86,7 +87,7 @@ def test_a_broken_model_fails_fast_with_the_log_tail(tmp_path: Path) -> None:
     )
     with pytest.raises(ServerNotReady) as info, server:
         pass
-    assert "exited with code" in info.value.message
+    assert "ended (exit status 1) before it was ready" in info.value.message
     assert "this model cannot load" in (info.value.details or "")
     assert not server.running()
 
@@ -134,7 +135,8 @@ def test_serve_runs_until_sigterm_and_leaves_no_process(served, tmp_path: Path) 
         child.send_signal(signal.SIGTERM)
         _, err = child.communicate(timeout=60)
     assert child.returncode == 0, err
-    assert "Stopping tritonserver" in err
+    assert "Stopping tritonserver (SIGTERM)..." in err
+    assert err.rstrip().endswith("tritonserver stopped after SIGTERM (exit status 0).")
     time.sleep(0.5)
     assert all(not p.is_running() or p.status() == psutil.STATUS_ZOMBIE for p in tree)
 
@@ -216,3 +218,100 @@ def test_clients_reach_a_wildcard_bind_through_loopback(host: str, expected: str
     from trtbuild.server import connectable_host
 
     assert connectable_host(host) == expected
+
+
+# -- refused before anything starts --------------------------------------------------------------
+def _python_model_repo(repo: Path, model: str = "echo", parameters: str = "") -> Path:
+    (repo / model / "1").mkdir(parents=True)
+    (repo / model / "config.pbtxt").write_text(
+        f'name: "{model}"\nbackend: "python"\nmax_batch_size: 1\n'
+        'input [{ name: "X" data_type: TYPE_INT32 dims: [1] }]\n'
+        'output [{ name: "Y" data_type: TYPE_INT32 dims: [1] }]\n' + parameters
+    )
+    (repo / model / "1" / "model.py").write_text("class TritonPythonModel:\n    pass\n")
+    return repo
+
+
+def test_stop_passes_tritonservers_exit_timeout(tmp_path: Path) -> None:
+    install = TritonInstall(Path("/opt/tritonserver/bin/tritonserver"), None, {})
+    assert "--exit-timeout-secs=3" in server_argv(ServeSpec(repo=tmp_path), install)
+    spec = ServeSpec(repo=tmp_path, exit_timeout=30)
+    assert "--exit-timeout-secs=30" in server_argv(spec, install)
+
+
+def test_two_endpoints_on_one_port_are_refused(tmp_path: Path) -> None:
+    spec = ServeSpec(repo=tmp_path, http_port=9100, grpc_port=9100, metrics_port=0)
+    with pytest.raises(
+        SpecError, match=r"^--http-port and --grpc-port are both 9100; give each endpoint its own"
+    ):
+        resolve_ports(spec)
+
+
+def test_a_port_in_use_is_refused_not_replaced(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        spec = ServeSpec(repo=tmp_path, http_port=0, grpc_port=port, metrics_port=0)
+        with pytest.raises(
+            SpecError,
+            match=rf"^--grpc-port {port}: port {port} on 127.0.0.1 is already in use .*"
+            r"pass --grpc-port with a free port \(0 picks one\)$",
+        ):
+            resolve_ports(spec)
+    resolved = resolve_ports(spec)  # free again: kept as asked
+    assert resolved.grpc_port == port and port not in (resolved.http_port, resolved.metrics_port)
+
+
+@pytest.mark.parametrize(
+    ("host", "message"),
+    [("no such host!", r"^--host 'no such host!' is not an IP address or a name this machine "
+                       r"resolves .*127\.0\.0\.1 \(loopback\), or 0\.0\.0\.0"),
+     ("192.0.2.1", r"^--host 192\.0\.2\.1 is not an address of this machine")],
+)  # fmt: skip
+def test_a_host_this_machine_cannot_bind_is_refused(
+    tmp_path: Path, host: str, message: str
+) -> None:
+    with pytest.raises(SpecError, match=message):
+        resolve_ports(ServeSpec(repo=tmp_path, host=host, http_port=9000, grpc_port=0))
+
+
+def test_a_non_executable_tritonserver_is_a_user_error(tmp_path: Path) -> None:
+    binary = tmp_path / "tritonserver"
+    binary.write_text("#!/bin/sh\n")
+    with pytest.raises(SpecError, match=r"--tritonserver .* is not executable; pass the"):
+        find_tritonserver(binary)
+
+
+@pytest.mark.parametrize(
+    ("where", "message"),
+    [("repo", r"^the repository path '.*' contains '\$'"),
+     ("model", r"^the model directory name 'my model' contains ' '"),
+     ("param", r"^model echo: parameter model_dir '/srv/\"engine\"' contains '\"'")],
+)  # fmt: skip
+def test_serve_refuses_paths_that_reach_the_stubs_shell(tmp_path: Path, where: str, message: str) -> None:  # fmt: skip
+    param = 'parameters: { key: "model_dir" value: { string_value: "/srv/\\"engine\\"" } }\n'
+    repo = _python_model_repo(
+        tmp_path / ("r$(touch MARKER)" if where == "repo" else "repo"),
+        model="my model" if where == "model" else "echo",
+        parameters=param if where == "param" else "",
+    )
+    with pytest.raises(SpecError, match=message):
+        TritonServer(ServeSpec(repo=repo, http_port=0, grpc_port=0, metrics_port=0))
+    assert not list(tmp_path.rglob("MARKER")) and not (Path.cwd() / "MARKER").exists()
+
+
+def test_unsafe_path_findings_name_the_model(tmp_path: Path) -> None:
+    from trtbuild._safepath import first_unsafe_character, unsafe_path_findings
+
+    repo = _python_model_repo(
+        tmp_path / "répo",
+        parameters='parameters: { key: "tokenizer_dir" value: { string_value: "/a b" } }\n',
+    )
+    findings = unsafe_path_findings(repo)
+    assert [f.model for f in findings] == ["repository", "echo"]
+    assert "contains 'é'" in findings[0].message and "contains ' '" in findings[1].message
+    assert all("move or rename it" in f.fix and f.severity == "error" for f in findings)
+    assert first_unsafe_character("/srv/a-b_c.d+e=f@g,h:i%j/K9") is None
+    assert [first_unsafe_character(p) for p in ("/a b", "/a$b", "/a'b", "/a\nb", "/ü", "/a;b")] == [
+        " ", "$", "'", "\n", "ü", ";"]  # fmt: skip

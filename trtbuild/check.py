@@ -31,27 +31,46 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from trtbuild._safepath import unsafe_path_findings
+from trtbuild.ensembles.upstream import LINES, Placeholder, facts, line_for
 from trtbuild.errors import RuntimeFailure, SpecError
+from trtbuild.findings import REPOSITORY, Finding, errors, summary
 from trtbuild.specs import CheckOptions, RepoSpec
 
 PLACEHOLDER = re.compile(r"\$\{([^}]*)\}")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
 GPT_MODEL_TYPES = ("V1", "v1", "inflight_batching", "inflight_fused_batching")
-REPO = "repository"
-
-
-@dataclass(frozen=True)
-class Finding:
-    model: str
-    message: str
-    fix: str
-
-    def __str__(self) -> str:
-        return f"{self.model}: {self.message} (fix: {self.fix})"
+REPO = REPOSITORY
 
 
 class CheckFailed(RuntimeFailure):
-    """``trtbuild check`` found problems (they are printed on stdout). Exit code 1."""
+    """``trtbuild check`` found errors, or warnings with ``--strict`` (printed on stdout). Exit 1."""
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    repo: Path
+    findings: list[Finding]
+    strict: bool = False
+
+    @property
+    def failed(self) -> bool:
+        return bool(errors(self.findings) or (self.strict and self.findings))
+
+    def summary(self) -> str:
+        return summary(self.findings) if self.findings else "no findings"
+
+    def raise_for_failure(self) -> None:
+        if self.failed:
+            why = " (--strict: warnings fail)" if self.strict and not errors(self.findings) else ""
+            raise CheckFailed(f"{self.summary()} in {self.repo}{why}")
+
+
+def run_check(options: CheckOptions) -> CheckResult:
+    """``trtbuild check``: every finding, errors first, and whether the check failed."""
+    found = check_repository(options)
+    ordered = errors(found) + [f for f in found if f.severity != "error"]
+    return CheckResult(Path(options.repo), ordered, options.strict)
 
 
 @dataclass
@@ -110,12 +129,15 @@ def check_repository(options: CheckOptions) -> list[Finding]:
     findings += _batch_findings(models, core, engine)
     if core is not None and core.config is not None:
         backend = core.config.backend
+        if backend == "tensorrtllm":
+            findings += _backend_parameter_findings(core, spec)
         if backend == "tensorrtllm" or "gpt_model_path" in core.params:
             findings += _engine_findings(core, engine, spec)
         elif _is_llmapi(core):
             findings += _llmapi_findings(core, engine, models)
         findings += _echo_findings(core, spec, models)
     findings += _tokenizer_findings(models)
+    findings += unsafe_path_findings(repo)
     return findings
 
 
@@ -143,8 +165,7 @@ def _load(repo: Path, path: Path) -> tuple[_Model, list[Finding]]:
         return _Model(name, path.parent, text, None), findings
     from trtbuild.ensembles._wiring import duplicate_findings
 
-    for line in duplicate_findings(name, config):
-        findings.append(Finding(name, _strip(name, line), "remove the duplicate declaration"))
+    findings += duplicate_findings(name, config)
     for key, count in Counter(parameter_keys(text)).items():
         if count > 1:
             findings.append(
@@ -152,6 +173,7 @@ def _load(repo: Path, path: Path) -> tuple[_Model, list[Finding]]:
                     name,
                     f"parameter {key!r} is set {count} times in {rel}; Triton keeps only the last",
                     "keep one",
+                    "warning",
                 )
             )
     if config.name and config.name != name:
@@ -166,32 +188,79 @@ def _load(repo: Path, path: Path) -> tuple[_Model, list[Finding]]:
 
 
 def _placeholder_findings(name: str, rel: str, text: str) -> list[Finding]:
+    """Unfilled ``${...}`` placeholders (what ``fill_template.py`` leaves for keys it was not given),
+    judged by what upstream's code does with each (``ensembles/upstream``): a bare one stops Triton
+    from parsing the config; one in a string is an error only where upstream's model fails or
+    misbehaves on it, and says nothing where upstream deliberately treats it as unset."""
     lines_of: dict[str, list[int]] = {}
     in_string: dict[str, bool] = {}
     for number, line in enumerate(text.splitlines(), start=1):
         if line.lstrip().startswith("#"):
             continue
         for match in PLACEHOLDER.finditer(line):
-            lines_of.setdefault(match.group(0), []).append(number)
+            lines_of.setdefault(match.group(1), []).append(number)
             quoted = line[: match.start()].count('"') % 2 == 1
-            in_string[match.group(0)] = in_string.get(match.group(0), True) and quoted
+            in_string[match.group(1)] = in_string.get(match.group(1), True) and quoted
     findings = []
-    for placeholder, lines in lines_of.items():
-        more = f" (and {len(lines) - 1} more line(s))" if len(lines) > 1 else ""
-        if in_string[placeholder]:
-            effect = "; the model reads it as unset and falls back to a default"
-            fix = "fill it, or remove the parameter to use the default on purpose; or render "
-        else:
-            effect = "; Triton cannot parse this config until it is filled"
-            fix = "fill it (fill_template.py leaves keys it was not given), or render "
-        findings.append(
-            Finding(
-                name,
-                f"unfilled placeholder {placeholder} in {rel}:{lines[0]}{more}{effect}",
-                fix + "the repository with 'trtbuild repo'",
+    for key, lines in lines_of.items():
+        where = f"${{{key}}} in {rel}:{lines[0]}"
+        if len(lines) > 1:
+            where += f" (and {len(lines) - 1} more line(s))"
+        fill = f"fill it (fill_template.py ... {key}:VALUE), or render the repository with 'trtbuild repo'"
+        if not in_string[key]:
+            message = (
+                f"unfilled placeholder {where}: Triton cannot parse this config until it is filled"
             )
-        )
+            findings.append(Finding(name, message, fill))
+            continue
+        fact = upstream_placeholder(name, key)
+        if fact is None:
+            findings.append(
+                Finding(
+                    name,
+                    f"unfilled placeholder {where} is not one of upstream's for {name}: the model "
+                    f"reads the text '${{{key}}}' as the value",
+                    fill,
+                    "warning",
+                )
+            )
+        elif fact.unfilled in ("fatal", "broken"):
+            findings.append(Finding(name, f"unfilled placeholder {where}: {fact.effect}", fill))
+        elif fact.unfilled == "unknown":
+            key_name = fact.where.removeprefix("parameters.")
+            optional = any(
+                p.name == key_name and not p.required
+                for line in LINES
+                for p in facts(line).backend_parameters
+            )
+            findings.append(
+                Finding(
+                    name,
+                    f"unfilled placeholder {where}: {fact.effect}",
+                    fill
+                    + (
+                        "; or delete the parameter (the backend reads it as optional)"
+                        if optional
+                        else ""
+                    ),
+                    "warning",
+                )
+            )
+        # "off" and "default": upstream reads the unfilled placeholder as unset, on purpose
     return findings
+
+
+def upstream_placeholder(model: str, key: str) -> Placeholder | None:
+    """Upstream's verdict on leaving ``${key}`` unfilled in ``model`` (newest line first)."""
+    for line in reversed(LINES):
+        found = facts(line).placeholder(model, key)
+        if found is not None:
+            return found
+    for line in reversed(LINES):  # a model under another name: the first upstream model with it
+        for fact in facts(line).placeholders:
+            if fact.name == key and fact.in_string:
+                return fact
+    return None
 
 
 def parameter_keys(text: str) -> list[str]:
@@ -251,8 +320,8 @@ def _saved_spec(repo: Path) -> tuple[RepoSpec | None, list[Finding]]:
     from trtbuild.ensembles import kind_for
 
     findings = [
-        Finding(REPO, f"{SPEC_FILE}: {problem}", "change the spec and re-render")
-        for problem in kind_for(spec).spec_findings(spec)
+        Finding(REPO, f"{SPEC_FILE}: {f.message}", f"{f.fix}, and re-render", f.severity)
+        for f in kind_for(spec).spec_findings(spec)
     ]
     return spec, findings
 
@@ -288,10 +357,6 @@ def _bls(models: dict[str, _Model]) -> list[_Model]:
     ]
 
 
-def _strip(name: str, line: str) -> str:
-    return line[len(name) + 2 :] if line.startswith(f"{name}: ") else line
-
-
 # -- rules ------------------------------------------------------------------------------------------
 def _wiring_findings(configs: dict[str, Any], *, unparsed: set[str]) -> list[Finding]:
     from trtbuild.ensembles._wiring import ensemble_findings
@@ -302,15 +367,7 @@ def _wiring_findings(configs: dict[str, Any], *, unparsed: set[str]) -> list[Fin
             continue
         if {step.model_name for step in config.ensemble_scheduling.step} & unparsed:
             continue  # a step's config does not parse: reported already, wiring unknowable
-        for line in ensemble_findings(name, config, configs):
-            findings.append(
-                Finding(
-                    name,
-                    _strip(name, line),
-                    "map every step input from an ensemble input or an earlier step's output, "
-                    "and every output to the next step or the ensemble's outputs",
-                )
-            )
+        findings += ensemble_findings(name, config, configs)
     return findings
 
 
@@ -343,6 +400,7 @@ def _decoupled_findings(
                 f"has decoupled {str(core.decoupled).lower()}",
                 "re-render with 'trtbuild repo --streaming' (or --no-streaming) instead of "
                 "editing config.pbtxt",
+                "warning",
             )
         )
     return findings
@@ -372,6 +430,7 @@ def _batch_findings(
                 f"max_batch_size differs between models: {listed}",
                 "use one value in every config.pbtxt (fill_template.py's triton_max_batch_size), "
                 "at most the engine's build_config.max_batch_size",
+                "warning",
             )
         )
     if core is not None and core.config is not None and core.config.backend == "tensorrtllm":
@@ -405,6 +464,36 @@ def _engine_config(engine_dir: Path) -> dict[str, Any] | None:
         return read_engine_config(engine_dir) if engine_dir.is_dir() else None
     except SpecError:
         return None
+
+
+def _backend_parameter_findings(core: _Model, spec: RepoSpec | None) -> list[Finding]:
+    """Parameters TensorRT-LLM's C++ backend reads with no fallback: without one, creating the
+    model instance throws "Cannot find parameter with name: ..." and the model does not load.
+    Checked against the repository's TensorRT-LLM line (trtbuild's spec), else against what every
+    supported line requires."""
+    lines = [line_for(spec.trtllm_version)] if spec is not None else list(LINES)
+    required = set.intersection(*({p.name for p in facts(x).required_parameters()} for x in lines))
+    findings = []
+    for name in sorted(required - set(core.params)):
+        unset = upstream_placeholder("tensorrt_llm", name)
+        if unset is not None and unset.unfilled == "off":
+            fix = (
+                f'add parameters {{ key: "{name}" value: {{ string_value: "" }} }} (upstream reads '
+                "an empty value as off)"
+            )
+        else:
+            fact = next(p for p in facts(lines[0]).backend_parameters if p.name == name)
+            value = f" (e.g. {fact.default!r})" if fact.default else ""
+            fix = f"add the parameter {name!r} with a value{value}"
+        findings.append(
+            Finding(
+                core.name,
+                f"has no parameter {name!r}: TensorRT-LLM's backend reads it unconditionally and "
+                f"the model fails to load ('Cannot find parameter with name: {name}')",
+                fix,
+            )
+        )
+    return findings
 
 
 def _engine_findings(core: _Model, engine: Path | None, spec: RepoSpec | None) -> list[Finding]:
@@ -598,6 +687,7 @@ def _echo_findings(core: _Model, spec: RepoSpec | None, models: dict[str, _Model
                     "to false, so text_output repeats the prompt unless every request sends it",
                     "send sampling_param_exclude_input_from_output=true, or render with "
                     "'trtbuild repo --runtime llmapi' (its preprocessing sets it)",
+                    "warning",
                 )
             ]
         else:
@@ -605,13 +695,19 @@ def _echo_findings(core: _Model, spec: RepoSpec | None, models: dict[str, _Model
     value = core.params.get("exclude_input_in_output")
     if value is not None and value.lower() in ("1", "true"):
         return []
-    shown = "is not set (default false)" if value is None else f"is {value!r}"
+    if value is None:
+        shown = "is not set (default false)"
+    elif PLACEHOLDER.search(value):
+        shown = f"is left as {value} (the backend's default: false)"
+    else:
+        shown = f"is {value!r}"
     return [
         Finding(
             core.name,
             f"exclude_input_in_output {shown}: text_output repeats the prompt and benchmarks count "
             "it as output",
             'set parameter exclude_input_in_output to "true" (clients can still ask per request)',
+            "warning",
         )
     ]
 
@@ -652,7 +748,7 @@ def _tokenizer_findings(models: dict[str, _Model]) -> list[Finding]:
         try:
             ids = tokenizer_ids(directory)
         except SpecError as exc:
-            findings.append(Finding(name, exc.message, "send end_id with every request"))
+            findings.append(Finding(name, exc.message, "send end_id with every request", "warning"))
             continue
         params = model.params
         end_id = int(params["end_id"]) if params.get("end_id", "").lstrip("-").isdigit() else None
@@ -670,6 +766,7 @@ def _tokenizer_findings(models: dict[str, _Model]) -> list[Finding]:
                     f"{ids.end_id if end_id is None else end_id} does, so output runs to max_tokens",
                     "send stop_words/end_id with every request, or render with 'trtbuild repo' "
                     "(it adds every end token as a stop token)",
+                    "warning",
                 )
             )
     return findings
@@ -683,4 +780,11 @@ def _json(path: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-__all__ = ["CheckFailed", "Finding", "check_repository", "parameter_keys"]
+__all__ = [
+    "CheckFailed",
+    "CheckResult",
+    "Finding",
+    "check_repository",
+    "parameter_keys",
+    "run_check",
+]

@@ -16,13 +16,41 @@ import click
 from pydantic import ValidationError
 
 from trtbuild import __version__
-from trtbuild.errors import TrtbuildError, first_error
+from trtbuild.errors import TrtbuildError, first_error, redact
+from trtbuild.vocab import DTYPES, KV_DTYPES, QUANTS
+
+PLAN_DTYPES = ("auto", "bfloat16", "float16")
+PLAN_QUANTS = ("auto", *QUANTS)
+ENGINE_DTYPES = DTYPES
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
 def _echo_err(message: str) -> None:
     click.echo(message, err=True)
+
+
+class _Names(click.Choice):
+    """A choice of trtbuild.vocab names that also takes their spellings (bf16, int8) and passes on
+    the canonical name (bfloat16, int8-sq)."""
+
+    def __init__(self, kind: str, choices: tuple[str, ...]) -> None:
+        self.kind = kind
+        super().__init__(choices, case_sensitive=False)
+
+    def convert(
+        self, value: object, param: click.Parameter | None, ctx: click.Context | None
+    ) -> str:
+        from trtbuild.vocab import canonical
+
+        return str(super().convert(canonical(self.kind, value), param, ctx))
+
+
+def _aliases(kind: str, choices: tuple[str, ...]) -> str:
+    from trtbuild.vocab import ALIASES
+
+    names = [a for a, n in ALIASES[kind].items() if n in choices]
+    return f" Also: {', '.join(names)}." if names else ""
 
 
 @click.group(context_settings=CONTEXT)
@@ -73,6 +101,14 @@ def demo(workdir: Path | None, force: bool, http_port: int, grpc_port: int) -> N
     help="tritonserver binary (default: PATH, then the nvidia-pytriton wheel).",
 )
 @click.option("--startup-timeout", type=float, default=300.0, show_default=True, help="Seconds.")
+@click.option(
+    "--exit-timeout",
+    type=int,
+    default=3,
+    show_default=True,
+    help="Seconds a stop waits for open connections and in-flight requests (tritonserver "
+    "--exit-timeout-secs).",
+)
 @click.option("--log-verbose", type=int, default=0, show_default=True)
 @click.option(
     "--force", is_flag=True, help="Serve an engine built for another GPU or TensorRT-LLM version."
@@ -85,6 +121,7 @@ def serve(
     metrics_port: int,
     tritonserver: Path | None,
     startup_timeout: float,
+    exit_timeout: int,
     log_verbose: int,
     force: bool,
 ) -> None:
@@ -101,6 +138,7 @@ def serve(
             metrics_port=metrics_port,
             tritonserver=tritonserver,
             startup_timeout=startup_timeout,
+            exit_timeout=exit_timeout,
             log_verbose=log_verbose,
             force=force,
         )
@@ -233,23 +271,26 @@ def download(
 @click.option("--nodes", type=int, default=1, show_default=True)
 @click.option(
     "--dtype",
-    type=click.Choice(["auto", "bf16", "fp16"]),
+    type=_Names("dtype", PLAN_DTYPES),
     default="auto",
     show_default=True,
-    help="Activations and unquantized weights (auto: the checkpoint's).",
+    help="Activations and unquantized weights (auto: the checkpoint's)."
+    + _aliases("dtype", PLAN_DTYPES),
 )
 @click.option(
     "--quant",
-    type=click.Choice(["auto", "none", "fp8", "int8", "int4-awq"]),
+    type=_Names("quant", PLAN_QUANTS),
     default="auto",
     show_default=True,
-    help="Weight quantization (auto: the checkpoint's, else none).",
+    help="Weight quantization (auto: the checkpoint's, else none)."
+    + _aliases("quant", PLAN_QUANTS),
 )
 @click.option(
     "--kv-cache-dtype",
-    type=click.Choice(["auto", "bf16", "fp16", "fp8", "int8"]),
+    type=_Names("kv_cache_dtype", KV_DTYPES),
     default="auto",
     show_default=True,
+    help="auto: the model's 16-bit dtype." + _aliases("kv_cache_dtype", KV_DTYPES),
 )
 @click.option("--max-input-len", type=int, default=2048, show_default=True)
 @click.option("--max-output-len", type=int, default=512, show_default=True)
@@ -343,14 +384,21 @@ cached by checkpoint, settings, GPU SM and TensorRT-LLM version (see 'trtbuild c
 @click.option("--tp", type=int, help="Tensor-parallel size.")
 @click.option("--pp", type=int, help="Pipeline-parallel size.")
 @click.option(
-    "--dtype", type=click.Choice(["bfloat16", "float16"]), help="Weights and activations."
+    "--dtype",
+    type=_Names("dtype", ENGINE_DTYPES),
+    help="Weights and activations (float32: portable runtime only)."
+    + _aliases("dtype", ENGINE_DTYPES),
 )
 @click.option(
     "--quant",
-    type=click.Choice(["fp8", "int8-sq", "int4-awq"]),
-    help="Weight quantization (ModelOpt).",
+    type=_Names("quant", QUANTS),
+    help="Weight quantization (ModelOpt)." + _aliases("quant", QUANTS),
 )
-@click.option("--kv-cache-dtype", type=click.Choice(["fp8", "int8"]), help="Quantized KV cache.")
+@click.option(
+    "--kv-cache-dtype",
+    type=_Names("kv_cache_dtype", KV_DTYPES),
+    help="Quantized KV cache (auto: the model's dtype)." + _aliases("kv_cache_dtype", KV_DTYPES),
+)
 @click.option("--max-batch-size", type=int)
 @click.option("--max-input-len", type=int)
 @click.option("--max-seq-len", type=int)
@@ -510,6 +558,12 @@ written, and the spec is saved as DIR/trtbuild-repo.json."""
     help="Decoupled core model: tokens stream through the ensemble.",
 )
 @click.option(
+    "--bls-decoupled",
+    is_flag=True,
+    help="Decoupled tensorrt_llm_bls: it streams (upstream's decoupled_mode) instead of being the "
+    "plain /infer front.",
+)
+@click.option(
     "--plan",
     "plan_file",
     type=click.Path(path_type=Path),
@@ -524,6 +578,7 @@ def repo(
     runtime: str | None,
     tokenizer: Path | None,
     streaming: bool,
+    bls_decoupled: bool,
     plan_file: Path | None,
     force: bool,
 ) -> None:
@@ -538,6 +593,7 @@ def repo(
             runtime=runtime,
             tokenizer=tokenizer,
             streaming=streaming,
+            bls_decoupled=bls_decoupled,
             plan=plan_file,
             force=force,
         )
@@ -553,27 +609,29 @@ def repo(
 \b
   trtbuild check ./repository
   trtbuild check ./all_models/inflight_batcher_llm --engine ./engine   # a hand-written one
+  trtbuild check ./repository --strict                                 # warnings fail too
 
 \b
-Prints one finding per line, MODEL: message (fix: ...), and exits 1 when there is any."""
+Prints one finding per line, SEVERITY: MODEL: message (fix: ...). Errors (the repository will not
+load, or serves wrongly) exit 1; warnings are printed and exit 0 unless --strict."""
 )
 @click.argument("repo_dir", type=click.Path(path_type=Path))
 @click.option(
     "--engine",
-    type=click.Path(path_type=Path),
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
     help="Engine (or checkpoint) directory to check against [default: the path in the config].",
 )
-def check(repo_dir: Path, engine: Path | None) -> None:
+@click.option("--strict", is_flag=True, help="Exit 1 on warnings too.")
+def check(repo_dir: Path, engine: Path | None, strict: bool) -> None:
     """Lint a Triton model repository for TensorRT-LLM (trtbuild's or hand-written)."""
-    from trtbuild.check import CheckFailed, check_repository
+    from trtbuild.check import run_check
     from trtbuild.specs import CheckOptions
 
-    findings = check_repository(CheckOptions(repo=repo_dir, engine=engine))
-    for finding in findings:
+    result = run_check(CheckOptions(repo=repo_dir, engine=engine, strict=strict))
+    for finding in result.findings:
         click.echo(str(finding))
-    if findings:
-        raise CheckFailed(f"{len(findings)} finding(s) in {repo_dir}")
-    _echo_err(f"{repo_dir}: no findings")
+    result.raise_for_failure()
+    _echo_err(f"{repo_dir}: {result.summary()}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -599,7 +657,23 @@ def main(argv: list[str] | None = None) -> None:
         if debug:
             traceback.print_exc()
         sys.exit(exc.exit_code)
+    except _PATH_ERRORS as exc:  # a path given cannot be made, read or written: bad input
+        where = f"{exc.filename}: " if exc.filename else ""
+        message = f"Error: {where}{exc.strerror or exc}; check the path given and its permissions"
+        _echo_err(redact(message))
+        if debug:
+            traceback.print_exc()
+        sys.exit(2)
     except KeyboardInterrupt:
         _echo_err("Interrupted.")
         sys.exit(130)
     sys.exit(0)
+
+
+_PATH_ERRORS = (
+    FileExistsError,
+    FileNotFoundError,
+    IsADirectoryError,
+    NotADirectoryError,
+    PermissionError,
+)

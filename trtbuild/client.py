@@ -3,6 +3,19 @@
 The transport follows the model: a decoupled model (an ensemble whose core model streams counts
 as one) is called through the gRPC bidirectional stream or HTTP ``generate``/``generate_stream``;
 a plain model (``tensorrt_llm_bls``) through ``infer``. Callers do not have to know which.
+
+Every streamed request carries a request id (``trtbuild-<hex>`` unless the caller picks one).
+When this client walks away from a stream before it ends (an error, a timeout, Ctrl-C, a callback
+that raises), it cancels the stream and also sends TensorRT-LLM's ``stop`` for that id to the core
+model, because Triton 2.51 does not forward a client's cancellation to an ensemble's composing
+models: a client that only cancels an ensemble stream gets its stream closed, but the
+``tensorrt_llm`` request behind it keeps generating, holding its batch slot, until max_tokens, an
+end id or a stop word (the ensemble discards its responses). ``stop`` frees the slot at the next
+decode step.
+
+Errors: INVALID_ARGUMENT / HTTP 400 raise ``InvalidRequest`` (exit 2); a server at capacity
+(UNAVAILABLE / HTTP 503, or a message marked ``(retryable)``, which is what survives the gRPC
+stream) raises ``ServerBusy`` (exit 1, "retry later"); anything else ``InferenceError``.
 """
 
 from __future__ import annotations
@@ -13,7 +26,8 @@ import queue
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+import uuid
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
@@ -21,6 +35,14 @@ import numpy as np
 
 from trtbuild.errors import InferenceError, InvalidRequest, RuntimeFailure, UserError
 from trtbuild.specs import InferSpec
+
+# how the portable runtime marks a refusal worth retrying (the gRPC stream drops status codes)
+RETRYABLE = "(retryable)"
+STOP_TIMEOUT_S = 5.0
+
+
+class ServerBusy(InferenceError):
+    """The server is at capacity (UNAVAILABLE / HTTP 503); the same request may succeed later."""
 
 
 @dataclass
@@ -95,6 +117,9 @@ class ModelIO:
     batched: bool  # max_batch_size > 0: every tensor carries a leading batch dimension
     inputs: frozenset[str]
     outputs: frozenset[str]
+    # the model that takes TensorRT-LLM's `stop` for this model's requests (itself, or the
+    # ensemble's core model); None when there is none
+    stop_model: str | None = None
 
     def select(self, model: str, values: dict[str, Any]) -> dict[str, Any]:
         unknown = sorted(n for n in values if n not in self.inputs and n not in _IMPLICIT)
@@ -178,38 +203,113 @@ class Client:
         if model not in self._io:
             cfg = self.model_config(model)
             decoupled = bool(cfg.get("model_transaction_policy", {}).get("decoupled", False))
+            inputs = frozenset(t["name"] for t in cfg.get("input", []))
+            stop_model = model if "stop" in inputs else None
             if cfg.get("platform") == "ensemble":
-                steps = cfg.get("ensemble_scheduling", {}).get("step", [])
-                decoupled = any(self.model_io(s["model_name"]).decoupled for s in steps)
+                steps = [self.model_io(s["model_name"]) for s in _steps(cfg)]
+                decoupled = any(s.decoupled for s in steps)
+                stop_model = next((s.stop_model for s in steps if s.stop_model), None)
             self._io[model] = ModelIO(
                 decoupled=decoupled,
                 batched=int(cfg.get("max_batch_size", 0)) > 0,
-                inputs=frozenset(t["name"] for t in cfg.get("input", [])),
+                inputs=inputs,
                 outputs=frozenset(t["name"] for t in cfg.get("output", [])),
+                stop_model=stop_model,
             )
         return self._io[model]
 
+    # -- stop -------------------------------------------------------------------------------------
+    def stop(self, model: str, request_id: str) -> bool:
+        """Send TensorRT-LLM's ``stop`` for ``request_id`` to the model behind ``model`` (the
+        ensemble's core model). Returns False when ``model`` has none. Raises on failure."""
+        io = self.model_io(model)
+        core = io.stop_model
+        if core is None:
+            return False
+        core_io = self.model_io(core)
+        values = {"input_ids": [0], "input_lengths": 1, "request_output_len": 1, "stop": True}
+        if self.protocol == "http":
+            body = {"id": request_id, **{n: v for n, v in values.items() if n in core_io.inputs}}
+            request = urllib.request.Request(
+                f"http://{self.url}/v2/models/{core}/generate",
+                data=json.dumps(body).encode("utf-8"),
+                method="POST",
+                headers={"Content-Type": "application/json"},
+            )
+            try:
+                with urllib.request.urlopen(request, timeout=STOP_TIMEOUT_S) as resp:  # noqa: S310
+                    resp.read()
+            except urllib.error.HTTPError as exc:
+                raise _classify(core, exc.read().decode("utf-8", "replace"), exc.code) from exc
+            except urllib.error.URLError as exc:
+                raise RuntimeFailure(
+                    f"cannot reach http://{self.url}: {exc.reason}; is the server running?"
+                ) from exc
+            return True
+        import tritonclient.grpc as grpcclient
+
+        tensors = []
+        for name, value in values.items():
+            if name not in core_io.inputs:
+                continue
+            arr = np.array(value if isinstance(value, list) else [value])
+            arr = arr.astype(bool if name == "stop" else np.int32)
+            arr = arr[np.newaxis] if core_io.batched else arr
+            tensor = grpcclient.InferInput(
+                name, list(arr.shape), "BOOL" if name == "stop" else "INT32"
+            )
+            tensor.set_data_from_numpy(arr)
+            tensors.append(tensor)
+        done: queue.Queue[Any] = queue.Queue()
+        with grpcclient.InferenceServerClient(self.url) as client:
+            client.start_stream(callback=lambda result, error: done.put(error))
+            try:
+                client.async_stream_infer(
+                    core, tensors, request_id=request_id, enable_empty_final_response=True
+                )
+                error = done.get(timeout=STOP_TIMEOUT_S)
+            finally:
+                client.stop_stream()
+        if error is not None:
+            raise _server_error(core, error)
+        return True
+
+    def _abandon(self, model: str, request_id: str) -> None:
+        """Best effort while walking away from a stream: never hides the reason we left."""
+        with contextlib.suppress(Exception):
+            self.stop(model, request_id)
+
     # -- generation -------------------------------------------------------------------------------
     def generate(
-        self, spec: InferSpec, on_piece: Callable[[str], None] | None = None
+        self,
+        spec: InferSpec,
+        on_piece: Callable[[str], None] | None = None,
+        *,
+        request_id: str | None = None,
     ) -> Generation:
-        """Run one request to completion (streamed or not) and collect every piece."""
+        """Run one request to completion (streamed or not) and collect every piece.
+
+        If ``on_piece`` raises (or anything else ends the wait early), the stream is cancelled and
+        its generation stopped (see the module docstring) before the exception propagates.
+        """
         result = Generation()
         start = time.perf_counter()
-        for piece, tokens in self._pieces(spec):
-            now = time.perf_counter() - start
-            if piece and result.ttft_s is None:
-                result.ttft_s = now
-            result.pieces.append(piece)
-            result.piece_times.append(now)
-            result.tokens = max(result.tokens, tokens)
-            if on_piece is not None:
-                on_piece(piece)
+        rid = request_id or f"trtbuild-{uuid.uuid4().hex}"
+        with contextlib.closing(self._pieces(spec, rid)) as pieces:
+            for piece, tokens in pieces:
+                now = time.perf_counter() - start
+                if piece and result.ttft_s is None:
+                    result.ttft_s = now
+                result.pieces.append(piece)
+                result.piece_times.append(now)
+                result.tokens = max(result.tokens, tokens)
+                if on_piece is not None:
+                    on_piece(piece)
         result.latency_s = time.perf_counter() - start
         result.text = "".join(result.pieces)
         return result
 
-    def _pieces(self, spec: InferSpec) -> Iterator[tuple[str, int]]:
+    def _pieces(self, spec: InferSpec, request_id: str) -> Generator[tuple[str, int], None, None]:
         """(text piece, generated tokens so far) for each response."""
         io = self.model_io(spec.model)
         if spec.stream and not io.decoupled:
@@ -219,13 +319,15 @@ class Client:
             )
         inputs = io.select(spec.model, request_inputs(spec))
         if not io.decoupled:
-            yield self._infer(spec.model, inputs, io)
+            yield self._infer(spec.model, inputs, io, request_id)
         elif self.protocol == "grpc":
-            yield from self._grpc_stream(spec.model, inputs, io)
+            yield from self._grpc_stream(spec.model, inputs, io, request_id)
         else:
-            yield from self._http_generate(spec.model, inputs, spec.stream)
+            yield from self._http_generate(spec.model, inputs, spec.stream, request_id)
 
-    def _infer(self, model: str, inputs: dict[str, Any], io: ModelIO) -> tuple[str, int]:
+    def _infer(
+        self, model: str, inputs: dict[str, Any], io: ModelIO, request_id: str
+    ) -> tuple[str, int]:
         if self.protocol == "grpc":
             import tritonclient.grpc as mod
         else:
@@ -235,13 +337,13 @@ class Client:
         client = self._grpc if self.protocol == "grpc" else self._http
         try:
             kwargs = {"client_timeout": self.timeout} if self.protocol == "grpc" else {}
-            result = client.infer(model, tensors, outputs=outputs, **kwargs)
+            result = client.infer(model, tensors, outputs=outputs, request_id=request_id, **kwargs)
         except Exception as exc:
             raise _server_error(model, exc) from exc
         return _text(result.as_numpy("text_output")), _count(result.as_numpy("num_output_tokens"))
 
     def _grpc_stream(
-        self, model: str, inputs: dict[str, Any], io: ModelIO
+        self, model: str, inputs: dict[str, Any], io: ModelIO, request_id: str
     ) -> Iterator[tuple[str, int]]:
         import tritonclient.grpc as grpcclient
 
@@ -255,7 +357,11 @@ class Client:
         try:
             wanted = [grpcclient.InferRequestedOutput(name) for name in io.wanted()]
             self._grpc.async_stream_infer(
-                model, tensors, enable_empty_final_response=True, outputs=wanted
+                model,
+                tensors,
+                request_id=request_id,
+                enable_empty_final_response=True,
+                outputs=wanted,
             )
             while True:
                 try:
@@ -265,6 +371,7 @@ class Client:
                         f"{model}: no response within {self.timeout:.0f} s"
                     ) from exc
                 if error is not None:
+                    finished = True  # an error response ends the request on the server too
                     raise _server_error(model, error)
                 response = result.get_response()
                 final = response.parameters.get("triton_final_response")
@@ -277,46 +384,58 @@ class Client:
                     finished = True
                     return
         finally:
-            # cancel only a request we walk away from (error, timeout, Ctrl-C): cancelling one
-            # that just completed races Triton 2.51's ensemble teardown and can keep the ensemble
-            # from unloading at shutdown
+            # cancel only a request we walk away from (timeout, Ctrl-C, a raising callback):
+            # cancelling one that just completed races Triton 2.51's ensemble teardown and can
+            # keep the ensemble from unloading at shutdown. Cancelling does not reach an
+            # ensemble's core model, so its generation is stopped by request id too.
             self._grpc.stop_stream(cancel_requests=not finished)
+            if not finished:
+                self._abandon(model, request_id)
 
     def _http_generate(
-        self, model: str, inputs: dict[str, Any], stream: bool
+        self, model: str, inputs: dict[str, Any], stream: bool, request_id: str
     ) -> Iterator[tuple[str, int]]:
         endpoint = "generate_stream" if stream else "generate"
-        body = json.dumps(inputs).encode("utf-8")
+        body = json.dumps({"id": request_id, **inputs}).encode("utf-8")
         request = urllib.request.Request(
             f"http://{self.url}/v2/models/{model}/{endpoint}",
             data=body,
             method="POST",
             headers={"Content-Type": "application/json"},
         )
+        finished = False
         try:
             with urllib.request.urlopen(request, timeout=self.timeout) as resp:  # noqa: S310
                 if not stream:
+                    finished = True
                     yield _json_text(json.loads(resp.read()), model)
                     return
                 for raw in resp:
                     line = raw.decode("utf-8").strip()
                     if line.startswith("data:"):
-                        yield _json_text(json.loads(line[5:]), model)
+                        payload = json.loads(line[5:])
+                        finished = "error" in payload
+                        yield _json_text(payload, model)
+                finished = True
         except urllib.error.HTTPError as exc:
+            finished = True
             detail = exc.read().decode("utf-8", "replace")
             with contextlib.suppress(json.JSONDecodeError, AttributeError):
                 detail = json.loads(detail).get("error", detail)
-            cls = InvalidRequest if exc.code == 400 else InferenceError
-            raise cls(f"{model}: {detail}") from exc
+            raise _classify(model, str(detail), exc.code) from exc
         except urllib.error.URLError as exc:
+            finished = True
             raise RuntimeFailure(
                 f"cannot reach http://{self.url}: {exc.reason}; is the server running?"
             ) from exc
+        finally:
+            if not finished:  # HTTP has no cancellation in Triton 2.51: stop it by request id
+                self._abandon(model, request_id)
 
 
 def _json_text(payload: dict[str, Any], model: str) -> tuple[str, int]:
     if "error" in payload:
-        raise InferenceError(f"{model}: {payload['error']}")
+        raise _classify(model, str(payload["error"]), None)
     value = payload.get("text_output", "")
     text = "".join(value) if isinstance(value, list) else str(value)
     return text, _count(payload.get("num_output_tokens"))
@@ -334,12 +453,33 @@ def _text(arr: Any) -> str:
     return "".join(v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in flat)
 
 
+def _steps(cfg: dict[str, Any]) -> list[dict[str, Any]]:
+    return list(cfg.get("ensemble_scheduling", {}).get("step", []))
+
+
 def _server_error(model: str, exc: Any) -> InferenceError | InvalidRequest:
-    """INVALID_ARGUMENT (gRPC) / 400 (HTTP) means the request was bad: a user error (exit 2)."""
+    """A tritonclient exception as trtbuild's error (see ``_classify``)."""
     status = getattr(exc, "status", None)
     status = str(status() if callable(status) else status or "")
-    invalid = "INVALID_ARGUMENT" in status or status == "400"
-    return (InvalidRequest if invalid else InferenceError)(f"{model}: {_message(exc)}")
+    code: int | str | None = status or None
+    return _classify(model, _message(exc), code)
+
+
+def _classify(model: str, message: str, code: int | str | None) -> InferenceError | InvalidRequest:
+    """The runtime's ``(retryable)`` mark, UNAVAILABLE or 503: the server is at capacity
+    (``ServerBusy``, exit 1, retry later). The mark is checked first because Triton 2.51 drops
+    codes on the way: gRPC streams carry none, HTTP ``generate`` answers every error with 400,
+    and a BLS sees its composing models' errors as INTERNAL. Then INVALID_ARGUMENT / 400: the
+    request was bad (``InvalidRequest``, exit 2). A gRPC UNAVAILABLE that means the server is
+    unreachable stays an ``InferenceError``."""
+    status = str(code or "")
+    lowered = message.lower()
+    unreachable = "failed to connect" in lowered or "connection refused" in lowered
+    if RETRYABLE in message or status == "503" or ("UNAVAILABLE" in status and not unreachable):
+        return ServerBusy(f"{model}: {message}. The server is at capacity: retry the request later")
+    if "INVALID_ARGUMENT" in status or status == "400":
+        return InvalidRequest(f"{model}: {message}")
+    return InferenceError(f"{model}: {message}")
 
 
 def _message(exc: Any) -> str:

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from trtbuild._atomic import check_writable
+from trtbuild._safepath import check_safe_path
 from trtbuild.builder.portable import prepare_portable_engine
 from trtbuild.client import Client, Generation
 from trtbuild.repository import render_repository
@@ -39,6 +40,7 @@ def _workdir(spec: DemoSpec) -> Iterator[Path]:
         with tempfile.TemporaryDirectory(prefix="trtbuild-demo-") as tmp:
             yield Path(tmp)
         return
+    check_safe_path(spec.workdir.resolve(), "--workdir")  # before writing: serving would refuse it
     for sub in ("model", "engine", "repository"):
         check_writable(spec.workdir / sub, force=spec.force)
     spec.workdir.mkdir(parents=True, exist_ok=True)

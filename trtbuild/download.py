@@ -20,7 +20,6 @@ from __future__ import annotations
 import errno
 import fnmatch
 import hashlib
-import json
 import os
 import re
 import shutil
@@ -34,7 +33,15 @@ from pydantic import Field
 
 from trtbuild import __version__
 from trtbuild._atomic import atomic_dir
-from trtbuild.errors import OutputExists, RuntimeFailure, SpecError, TrtbuildError, UserError
+from trtbuild._jsonfile import load_json_object
+from trtbuild.errors import (
+    OutputExists,
+    RuntimeFailure,
+    SpecError,
+    TrtbuildError,
+    UserError,
+    redact,
+)
 from trtbuild.model_facts import CHECKPOINT_MANIFEST, ModelFacts, facts_from_config
 from trtbuild.specs import DownloadSpec, StrictModel
 
@@ -191,10 +198,7 @@ def _write_manifest(directory: Path, manifest: CheckpointManifest) -> None:
 
 
 def _read_json(path: Path) -> dict[str, Any]:
-    data = json.loads(path.read_text())
-    if not isinstance(data, dict):
-        raise SpecError(f"{path} must hold a JSON object")
-    return data
+    return load_json_object(path, fix="fix or replace it (a transformers checkpoint's own file)")
 
 
 def _facts(directory: Path, name: str) -> ModelFacts:
@@ -458,6 +462,7 @@ class _hub_errors:
         from huggingface_hub.errors import (
             CachedRepoTreeNotFoundError,
             GatedRepoError,
+            HfHubHTTPError,
             IncompleteSnapshotError,
             LocalEntryNotFoundError,
             OfflineModeIsEnabled,
@@ -466,14 +471,21 @@ class _hub_errors:
             RevisionResolutionError,
         )
 
-        repo, url = self.repo_id, f"{self.endpoint}/{self.repo_id}"
+        endpoint = redact(self.endpoint)  # HF_ENDPOINT may carry user:password@
+        repo, url = self.repo_id, f"{endpoint}/{self.repo_id}"
+        status = _status(exc)
+        if status == 401 and not isinstance(exc, GatedRepoError | RepositoryNotFoundError):
+            return UserError(
+                f"{endpoint} refused the token (HTTP 401: invalid credentials); check HF_TOKEN, "
+                "or run 'hf auth login' again (unset HF_TOKEN for a public repository)."
+            )
         if isinstance(exc, GatedRepoError):
             return UserError(
                 f"{repo} is gated: request access at {url}, then set HF_TOKEN or run 'hf auth login'."
             )
         if isinstance(exc, RepositoryNotFoundError):
             return UserError(
-                f"repository {repo} not found on {self.endpoint} (or it is private): check the id, "
+                f"repository {repo} not found on {endpoint} (or it is private): check the id, "
                 "or set HF_TOKEN / run 'hf auth login' if it is yours."
             )
         if isinstance(exc, RevisionNotFoundError):
@@ -494,7 +506,7 @@ class _hub_errors:
         network = (httpx2.TransportError, OfflineModeIsEnabled) + offline_miss
         if isinstance(exc, network):
             return HubUnreachable(
-                f"cannot reach {self.endpoint} ({type(exc).__name__}). Check the network or proxy; "
+                f"cannot reach {endpoint} ({type(exc).__name__}). Check the network or proxy; "
                 f"with a cached copy, set HF_HUB_OFFLINE=1 to use it."
             )
         if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
@@ -502,4 +514,21 @@ class _hub_errors:
                 f"no space left on device while downloading {repo}; partial files are kept and the "
                 "next run resumes. Free some space, or pass --local-dir on a larger disk."
             )
+        if status == 403:
+            return UserError(
+                f"{endpoint} refused access to {repo} (HTTP 403); check that the token of "
+                "HF_TOKEN / 'hf auth login' may read it."
+            )
+        if isinstance(exc, HfHubHTTPError):
+            return RuntimeFailure(
+                f"{endpoint} answered {status or 'an error'} for {repo}: "
+                f"{redact(str(exc)).splitlines()[0]}; try again later."
+            )
         return None
+
+
+def _status(exc: BaseException) -> int | None:
+    """The HTTP status of a huggingface_hub error, if it came from a response."""
+    response = getattr(exc, "response", None)
+    code = getattr(response, "status_code", None)
+    return code if isinstance(code, int) else None

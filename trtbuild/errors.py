@@ -7,7 +7,16 @@ fix; ``RuntimeFailure`` (something we ran failed: exit 1) says what happened and
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
+
+# scheme://user:password@host -> scheme://***@host (HF_ENDPOINT, proxies, registries)
+_URL_CREDENTIALS = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*://)[^/\s?#]*@")
+
+
+def redact(text: str) -> str:
+    """``text`` with the credentials of every URL in it replaced by ``***``."""
+    return _URL_CREDENTIALS.sub(r"\g<scheme>***@", text)
 
 
 def first_error(exc: Exception) -> str:
@@ -26,9 +35,11 @@ class TrtbuildError(Exception):
     exit_code = 1
 
     def __init__(self, message: str, *, details: str | None = None) -> None:
+        message = redact(message)  # a URL's user:token@ never reaches a message
         super().__init__(message)
         self.message = message
-        self.details = details  # multi-line context (a log tail), printed after the message
+        # multi-line context (a log tail), printed after the message
+        self.details = redact(details) if details else details
 
 
 class UserError(TrtbuildError):
@@ -84,6 +95,10 @@ class ProcessFailed(RuntimeFailure):
 
 class ServerNotReady(RuntimeFailure):
     """tritonserver exited or did not become ready in time."""
+
+
+class ModelDied(RuntimeFailure):
+    """A model of a running tritonserver died (its Python-backend stub exited, or it went unready)."""
 
 
 class InferenceError(RuntimeFailure):

@@ -219,6 +219,9 @@ def facts_from_config(
     kv_heads = _int(config, "KV head count", "num_key_value_heads", "num_kv_heads", default=heads)
     if config.get("multi_query") is True:
         kv_heads = 1
+    for key, value in (("num_attention_heads", heads), ("num_key_value_heads", kv_heads)):
+        if value < 1:
+            raise SpecError(f"config.json {key} must be at least 1, got {value}; fix the config")
     head_dim = _int(config, "head dim", "head_dim", default=hidden // heads)
     intermediate = _int(
         config, "MLP size", "intermediate_size", "ffn_dim", "n_inner", default=4 * hidden

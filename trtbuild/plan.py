@@ -273,7 +273,7 @@ def _resolve(facts: ModelFacts, gpu: GpuSpec, request: PlanRequest) -> _Ctx:
     if pre is not None and pre_quant is None:
         raise SpecError(
             f"{facts.name} is pre-quantized with {pre.method} ({pre.weight_bits} bits), which trtbuild "
-            "does not serve; use the unquantized checkpoint with --quant fp8|int8|int4-awq."
+            "does not serve; use the unquantized checkpoint with --quant fp8|int8-sq|int4-awq."
         )
     quant: Quant
     if request.quant == "auto":
@@ -296,7 +296,7 @@ def _resolve(facts: ModelFacts, gpu: GpuSpec, request: PlanRequest) -> _Ctx:
         if value == "fp8" and not gpu.supports_fp8:
             raise SpecError(
                 f"{what} need SM >= 89 (Ada, Hopper, Blackwell); {gpu.name} is SM {gpu.sm}. "
-                "Use --quant int8 or int4-awq, --kv-cache-dtype int8, or a newer GPU."
+                "Use --quant int8-sq or int4-awq, --kv-cache-dtype int8, or a newer GPU."
             )
     if quant == "fp8":
         reasons.append(f"quant=fp8: {gpu.name} is SM {gpu.sm} (FP8 needs SM >= 89)")

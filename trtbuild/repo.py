@@ -252,6 +252,7 @@ def build_repo_spec(
     runtime: Runtime | None = None,
     tokenizer: Path | None = None,
     streaming: bool = True,
+    bls_decoupled: bool = False,
     plan: Path | None = None,
     force: bool = False,
     runtime_info: Any = None,
@@ -306,6 +307,7 @@ def build_repo_spec(
         "engine_dir": engine_dir.resolve(),
         "tokenizer_dir": Path(tokenizer_dir).resolve(),
         "streaming": streaming,
+        "bls_decoupled": bls_decoupled,
         "end_id": ids.end_id,
         "pad_id": ids.pad_id,
         "stop_token_ids": list(ids.stop_token_ids),
@@ -470,7 +472,8 @@ class RepoResult:
             f"  flavor     {spec.runtime} ({kind_for(spec).KIND}): {models}",
             f"  engine     {spec.engine_dir}",
             f"  tokenizer  {spec.tokenizer_dir}",
-            f"  streaming  {'yes (decoupled)' if spec.streaming else 'no'}; "
+            f"  streaming  {'yes (decoupled)' if spec.streaming else 'no'}"
+            f"{' (BLS too)' if spec.bls_decoupled else ''}; "
             f"max_batch_size {spec.limits.max_batch_size}, max_seq_len {spec.limits.max_seq_len}",
         ]
         if spec.runtime != "torch":
@@ -484,17 +487,23 @@ class RepoResult:
 
 def make_repository(options: RepoOptions, *, runtime_info: Any = None) -> RepoResult:
     """``trtbuild repo``: build the spec from the engine directory, then render it atomically."""
+    from trtbuild._safepath import check_safe_path
     from trtbuild.repository import render_repository
 
+    # Triton's Python backend hands these paths to `bash -c` unquoted: refuse them up front
+    check_safe_path(Path(options.out).resolve(), "--out")
+    check_safe_path(Path(options.engine_dir).resolve(), "the engine directory")
     check_writable(Path(options.out), force=options.force)
     built = build_repo_spec(
         options.engine_dir,
         runtime=options.runtime,
         tokenizer=options.tokenizer,
         streaming=options.streaming,
+        bls_decoupled=options.bls_decoupled,
         plan=options.plan,
         force=options.force,
         runtime_info=runtime_info,
     )
+    check_safe_path(built.spec.tokenizer_dir, "the tokenizer directory")
     path = render_repository(built.spec, Path(options.out), force=options.force)
     return RepoResult(path=path, spec=built.spec, notes=built.notes)

@@ -21,6 +21,7 @@ from markupsafe import Markup
 
 from trtbuild._atomic import atomic_dir
 from trtbuild.errors import SpecError, TrtbuildError
+from trtbuild.findings import errors
 from trtbuild.specs import RepoSpec
 
 SPEC_FILE = "trtbuild-repo.json"
@@ -173,18 +174,18 @@ def render_repository(spec: RepoSpec, out_dir: Path, *, force: bool = False) -> 
     from trtbuild.ensembles import kind_for
 
     kind = kind_for(spec)
-    problems = kind.spec_findings(spec)
+    problems = errors(kind.spec_findings(spec))
     if problems:
-        raise SpecError("; ".join(problems))
+        raise SpecError("; ".join(f"{f.message}; {f.fix}" for f in problems))
     env = jinja_env()
     with atomic_dir(out_dir, force=force) as tmp:
         for model, (template, extra) in kind.models(spec).items():
             render_model_dir(env, template, tmp / model, kind.context(spec, model), extra)
         configs = load_configs(tmp)
-        findings = kind.check(configs)
+        findings = errors(kind.check(configs))
         if findings:
             raise TemplateRenderError(
-                "rendered repository is inconsistent:\n  " + "\n  ".join(findings)
+                "rendered repository is inconsistent:\n  " + "\n  ".join(map(str, findings))
             )
         (tmp / SPEC_FILE).write_text(
             json.dumps({"kind": kind.KIND, "spec": spec.model_dump(mode="json")}, indent=2) + "\n"

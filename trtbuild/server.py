@@ -14,13 +14,16 @@ and needs this interpreter's libpython on the library path.
 from __future__ import annotations
 
 import contextlib
+import errno
 import ipaddress
+import json
 import os
 import shutil
 import signal
 import socket
 import sys
 import sysconfig
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -28,13 +31,24 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType, TracebackType
-from typing import IO
+from typing import IO, Any
 
 from trtbuild import proc
-from trtbuild.errors import ServerNotReady, ToolNotFound, TrtbuildError
+from trtbuild._safepath import check_repository_paths, check_safe_path
+from trtbuild.errors import (
+    ModelDied,
+    ServerNotReady,
+    SpecError,
+    ToolNotFound,
+    TrtbuildError,
+    first_error,
+)
 from trtbuild.specs import ServeSpec
 
 LOG_TAIL = 50
+WATCH_INTERVAL_S = 0.5  # how often the model watcher looks at the stubs
+READY_POLL_S = 2.0  # how often it asks every model's /v2/models/<name>/ready
+STUB = "triton_python_backend_stub"
 
 
 @dataclass(frozen=True)
@@ -47,7 +61,17 @@ class TritonInstall:
 def find_tritonserver(explicit: Path | None = None) -> TritonInstall:
     """Locate tritonserver and what it needs to run the Python backend."""
     if explicit is not None:
-        return TritonInstall(Path(explicit), None, {})
+        binary = Path(explicit)
+        if not binary.is_file():
+            raise ToolNotFound(
+                f"--tritonserver {binary}", "Pass the path of the tritonserver binary."
+            )
+        if not os.access(binary, os.X_OK):
+            raise SpecError(
+                f"--tritonserver {binary} is not executable; pass the tritonserver binary "
+                f"(or chmod +x {binary} if it is one)"
+            )
+        return TritonInstall(binary, None, {})
     on_path = shutil.which("tritonserver")
     if on_path:
         return TritonInstall(Path(on_path), None, {})
@@ -109,20 +133,85 @@ def connectable_host(host: str) -> str:
     return "127.0.0.1" if wildcard else host
 
 
+def _bind_address(host: str) -> tuple[socket.AddressFamily, str]:
+    """The address family and address ``host`` binds to; a bad host is a ``SpecError``."""
+    try:
+        infos = socket.getaddrinfo(
+            host or None, 0, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except (socket.gaierror, UnicodeError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise SpecError(
+            f"--host {host!r} is not an IP address or a name this machine resolves ({reason}); "
+            "pass an address of this machine: 127.0.0.1 (loopback), or 0.0.0.0 (every interface)"
+        ) from exc
+    family, _, _, _, address = infos[0]
+    return family, str(address[0])
+
+
+def _probe(family: socket.AddressFamily, address: str, port: int) -> None:
+    """Bind (``address``, ``port``) the way a server would; raise ``OSError`` if it cannot."""
+    with contextlib.closing(socket.socket(family, socket.SOCK_STREAM)) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is no conflict
+        s.bind((address, port))
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as s:
-        s.bind((host, 0))
+    family, address = _bind_address(host)
+    with contextlib.closing(socket.socket(family, socket.SOCK_STREAM)) as s:
+        s.bind((address, 0))
         return int(s.getsockname()[1])
 
 
+PORT_FLAGS = {
+    "http_port": "--http-port",
+    "grpc_port": "--grpc-port",
+    "metrics_port": "--metrics-port",
+}
+
+
 def resolve_ports(spec: ServeSpec) -> ServeSpec:
-    """Replace port 0 with free ports (three distinct ones)."""
-    taken: set[int] = set()
-    ports = {}
-    for name in ("http_port", "grpc_port", "metrics_port"):
+    """Check the host and ports, and replace port 0 with free ports.
+
+    Refused (``SpecError``, before anything starts), never silently replaced: a host this machine
+    cannot bind, two endpoints on one port, and a port something already listens on.
+    """
+    family, address = _bind_address(spec.host)
+    explicit: dict[int, str] = {}
+    for name, flag in PORT_FLAGS.items():
         port = getattr(spec, name)
-        while port == 0 or port in taken:
-            port = free_port(connectable_host(spec.host))
+        if port == 0:
+            continue
+        if port in explicit:
+            raise SpecError(
+                f"{explicit[port]} and {flag} are both {port}; give each endpoint its own port "
+                "(0 picks a free one)"
+            )
+        explicit[port] = flag
+    for port, flag in explicit.items():
+        try:
+            _probe(family, address, port)
+        except OSError as exc:
+            if exc.errno == errno.EADDRNOTAVAIL:
+                raise SpecError(
+                    f"--host {spec.host} is not an address of this machine; pass one of its "
+                    "addresses: 127.0.0.1 (loopback), or 0.0.0.0 (every interface)"
+                ) from exc
+            if exc.errno == errno.EADDRINUSE:
+                raise SpecError(
+                    f"{flag} {port}: port {port} on {spec.host} is already in use (another "
+                    f"server?); stop that, or pass {flag} with a free port (0 picks one)"
+                ) from exc
+            raise SpecError(
+                f"{flag} {port}: cannot bind {spec.host}:{port} ({exc.strerror or exc}); pass "
+                f"another {flag} (0 picks a free one)"
+            ) from exc
+    taken = set(explicit)
+    ports = {}
+    for name in PORT_FLAGS:
+        port = getattr(spec, name)
+        while port == 0 or (port in taken and getattr(spec, name) == 0):
+            port = free_port(spec.host)
         taken.add(port)
         ports[name] = port
     return spec.model_copy(update=ports)
@@ -140,6 +229,7 @@ def server_argv(spec: ServeSpec, install: TritonInstall) -> list[str]:
         f"--metrics-port={spec.metrics_port}",
         "--disable-auto-complete-config",
         f"--log-verbose={spec.log_verbose}",
+        f"--exit-timeout-secs={spec.exit_timeout}",
     ]
     if install.backend_dir is not None:
         argv.append(f"--backend-directory={install.backend_dir}")
@@ -242,26 +332,157 @@ def _find_mpirun(launch: RepoLaunch) -> str:
     return found
 
 
+# -- watching the models ------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Stub:
+    """A Python-backend stub: one per instance of a Python model, a child of tritonserver."""
+
+    pid: int
+    model: str
+    instance: str
+    process: Any  # psutil.Process (remembers the start time: a reused pid is not this stub)
+    shm_region: str = ""  # its shared-memory region (/dev/shm/<name>), which Triton removes
+
+
+def find_stubs(root_pid: int) -> list[Stub]:
+    """The Python-backend stubs under ``root_pid`` (tritonserver, or mpirun and its ranks).
+
+    Triton starts each one as ``bash -c "exec <stub> <repo>/<model>/<version>/model.py <shm>
+    ... <instance name> ..."``, so the model is the third-to-last part of its second argument.
+    """
+    import psutil
+
+    try:
+        children = psutil.Process(root_pid).children(recursive=True)
+    except psutil.Error:
+        return []
+    stubs = []
+    for child in children:
+        try:
+            argv = child.cmdline()
+        except psutil.Error:
+            continue
+        if len(argv) < 2 or not argv[0].endswith(STUB):
+            continue
+        model = Path(argv[1]).parent.parent.name
+        instance = argv[8] if len(argv) > 8 else model
+        region = argv[2] if len(argv) > 2 and "/" not in argv[2] else ""
+        stubs.append(Stub(child.pid, model, instance, child, region))
+    return stubs
+
+
+def _ended(process: Any) -> tuple[bool, int | None]:
+    """(ended, returncode) of a process that is not our child; returncode None when unknown."""
+    import psutil
+
+    try:
+        if process.is_running() and process.status() != psutil.STATUS_ZOMBIE:
+            return False, None
+    except psutil.NoSuchProcess:
+        return True, None
+    if not process.is_running():  # reaped (and maybe its pid reused)
+        return True, None
+    return True, proc.zombie_returncode(process.pid)
+
+
+def _how_it_ended(code: int | None) -> str:
+    if code is None:
+        return "exited (tritonserver collected its status first)"
+    if code < 0:
+        return f"was {proc.describe_returncode(code)}"
+    return f"exited with status {code}"
+
+
+def _model_ready(http_url: str, model: str) -> bool | None:
+    """``/v2/models/<model>/ready``: True, False (an answer other than 200), None (no answer)."""
+    url = f"http://{http_url}/v2/models/{model}/ready"
+    try:
+        with urllib.request.urlopen(url, timeout=1.0) as resp:  # noqa: S310 - loopback health URL
+            return bool(resp.status == 200)
+    except urllib.error.HTTPError:
+        return False
+    except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+        return None
+
+
+def _repository_index(http_url: str) -> dict[str, tuple[str, str]] | None:
+    """{model: (state, reason)} from ``/v2/repository/index``; None when it cannot be read."""
+    request = urllib.request.Request(
+        f"http://{http_url}/v2/repository/index", data=b"{}", method="POST"
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=2.0) as resp:  # noqa: S310 - loopback
+            entries = json.loads(resp.read())
+    except (urllib.error.URLError, ConnectionError, TimeoutError, OSError, ValueError):
+        return None
+    if not isinstance(entries, list):
+        return None
+    return {
+        str(e.get("name")): (str(e.get("state", "")), str(e.get("reason", "")))
+        for e in entries
+        if isinstance(e, dict)
+    }
+
+
 class TritonServer:
-    """``with TritonServer(spec) as server:`` starts tritonserver and waits until it is ready."""
+    """``with TritonServer(spec) as server:`` starts tritonserver and waits until it is ready.
 
-    def __init__(self, spec: ServeSpec, *, quiet: bool = False) -> None:
-        from trtbuild.repository import preflight
+    Once ready, a watcher thread (``watch=True``) looks every half second at each model's
+    Python-backend stub and every two seconds at each model's readiness. Triton 2.51 keeps
+    answering ready (server and model) after a stub died, while every request to that model
+    fails; so when a stub dies (or a model goes unready) the watcher stops the whole group,
+    ``failure`` says which model died and how, and ``running()`` turns False. A model unloaded on
+    purpose (explicit model control) is not a failure.
 
+    A ``proc.Watchdog`` stops the group if this process dies without stopping it (even SIGKILL).
+    """
+
+    def __init__(self, spec: ServeSpec, *, quiet: bool = False, watch: bool = True) -> None:
+        from trtbuild.repository import TemplateRenderError, preflight
+
+        repo = Path(spec.repo)
+        # Triton's Python backend hands these paths to `bash -c` unquoted: refuse unsafe ones
+        check_safe_path(repo.resolve(), "the repository path")
         # every config parses, and the engine suits this GPU and TensorRT-LLM (or --force):
         # checked here so that every start, from the CLI or the library, goes through the gate
-        self.warnings = preflight(Path(spec.repo), force=spec.force)
+        try:
+            self.warnings = preflight(repo, force=spec.force)
+        except TemplateRenderError as exc:  # here: a config the user gave does not parse
+            raise SpecError(
+                f"{exc.message}; fix it, or render the repository again with 'trtbuild repo'"
+            ) from exc
+        except ValueError as exc:  # not UTF-8, trtbuild-repo.json not JSON or not a spec
+            raise SpecError(
+                f"{repo} cannot be read ({first_error(exc)}); fix its config.pbtxt and "
+                "trtbuild-repo.json files, or render it again with 'trtbuild repo'"
+            ) from exc
+        check_repository_paths(repo)
+        self.install = find_tritonserver(spec.tritonserver)
+        if self.install.backend_dir is not None:
+            check_safe_path(self.install.backend_dir, "tritonserver's backend directory")
         self.spec = resolve_ports(spec)
         self.quiet = quiet
-        self.install = find_tritonserver(spec.tritonserver)
-        self.launch = repo_launch(Path(spec.repo))
+        self.watch = watch
+        self.launch = repo_launch(repo)
         mpirun = _find_mpirun(self.launch) if self.launch.mode != "single" else "mpirun"
         self.argv, self.launch_env = launch_argv(
             self.spec, self.install, self.launch, mpirun=mpirun
         )
         self._proc: proc.Popen[bytes] | None = None
+        self._watchdog: proc.Watchdog | None = None
         self._log: IO[bytes] | None = None
         self.log_path = Path(spec.log_file) if spec.log_file else None
+        self.failure: ModelDied | None = None  # set by the watcher when a model died
+        self.stopped: proc.Stopped | None = None  # how the last stop ended tritonserver
+        self._halted = False
+        self._stopping = False
+        self._lock = threading.Lock()
+        self._stop_watching = threading.Event()
+        self._watcher: threading.Thread | None = None
+        self._stubs: dict[int, Stub] = {}
+        self._shm_regions: set[str] = set()
+        self._ready_models: set[str] = set()
+        self._next_ready_poll = 0.0
 
     # endpoints (reachable from this machine)
     @property
@@ -280,7 +501,16 @@ class TritonServer:
     def metrics_url(self) -> str:
         return f"http://{self._client_host}:{self.spec.metrics_port}/metrics"
 
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    @property
+    def returncode(self) -> int | None:
+        return self._proc.poll() if self._proc is not None else None
+
     def start(self) -> TritonServer:
+        made_log = self.log_path is None
         if self.log_path is None:
             import tempfile
 
@@ -289,7 +519,20 @@ class TritonServer:
             self.log_path = Path(name)
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
         env = {**self.install.env, **self.launch_env}
-        self._proc = proc.spawn(self.argv, env=env, log=self._log, quiet=self.quiet)
+        self._watchdog = proc.Watchdog(self.spec.shutdown_grace)
+        try:
+            self._proc = proc.spawn(self.argv, env=env, log=self._log, quiet=self.quiet)
+        except BaseException:
+            self._watchdog.release()
+            self._watchdog = None
+            self._log.close()
+            self._log = None
+            if made_log:  # nothing ran: no log to keep
+                self.log_path.unlink(missing_ok=True)
+                self.log_path = None
+            raise
+        with contextlib.suppress(OSError):  # a dead watchdog guards nothing; serving goes on
+            self._watchdog.guard(self._proc.pid)
         return self
 
     def wait_ready(self, timeout: float | None = None) -> None:
@@ -300,10 +543,12 @@ class TritonServer:
             code = self._proc.poll()
             if code is not None:
                 raise ServerNotReady(
-                    f"tritonserver exited with code {code} before it was ready (log: {self.log_path})",
+                    f"tritonserver ended ({proc.describe_returncode(code)}) before it was ready "
+                    f"(log: {self.log_path})",
                     details=self.log_tail(),
                 )
             if _http_ok(url):
+                self._start_watching()
                 return
             time.sleep(0.2)
         raise ServerNotReady(
@@ -318,27 +563,161 @@ class TritonServer:
         return proc.tail(self.log_path.read_text(errors="replace"), lines)
 
     def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
+        """True while tritonserver runs and no model died; when False, ``failure`` is final."""
+        if self._proc is not None and self._proc.poll() is None and not self._halted:
+            return True
+        self.settle()  # the watcher may be stopping the group right now
+        return False
 
-    def stop(self) -> int | None:
-        code = None
-        if self._proc is not None:
-            code = proc.stop_group(self._proc, grace=self.spec.shutdown_grace)
-            self._proc = None
-            if code == -signal.SIGKILL:
-                print(
-                    f"warning: tritonserver did not stop within {self.spec.shutdown_grace:.0f} s "
-                    f"of SIGTERM and was killed (log: {self.log_path})",
-                    file=sys.stderr,
+    # -- the watcher
+    def _start_watching(self) -> None:
+        index = _repository_index(self.http_url) or {}
+        self._ready_models = {name for name, (state, _) in index.items() if state == "READY"}
+        self._next_ready_poll = time.monotonic() + READY_POLL_S
+        self._scan_stubs()
+        if self.watch and self._watcher is None:
+            self._stop_watching.clear()
+            self._watcher = threading.Thread(
+                target=self._watch, name="trtbuild-model-watcher", daemon=True
+            )
+            self._watcher.start()
+
+    def _scan_stubs(self) -> None:
+        if self._proc is None:
+            return
+        for stub in find_stubs(self._proc.pid):
+            self._stubs.setdefault(stub.pid, stub)
+            if stub.shm_region:
+                self._shm_regions.add(stub.shm_region)
+
+    def _unloaded_on_purpose(self, model: str) -> bool:
+        """Only explicit model control unloads a model without failing; ask the index."""
+        if self.spec.load_models is None:
+            return False
+        state, reason = (_repository_index(self.http_url) or {}).get(model, ("READY", ""))
+        if state == "UNLOADING" or (state == "UNAVAILABLE" and reason == "unloaded"):
+            self._ready_models.discard(model)
+            return True
+        return False
+
+    def check_models(self) -> str | None:
+        """One look at the models: what died and how, or None. (tritonserver's own exit is
+        ``running()``'s business.)"""
+        if self._proc is None or self._proc.poll() is not None:
+            return None
+        self._scan_stubs()
+        for pid, stub in list(self._stubs.items()):
+            ended, code = _ended(stub.process)
+            if not ended:
+                continue
+            del self._stubs[pid]
+            if self._proc.poll() is not None or self._unloaded_on_purpose(stub.model):
+                continue
+            return (
+                f"model {stub.model} died: its Python-backend stub (pid {pid}, instance "
+                f"{stub.instance}) {_how_it_ended(code)}"
+            )
+        if time.monotonic() >= self._next_ready_poll:
+            self._next_ready_poll = time.monotonic() + READY_POLL_S
+            for model in sorted(self._ready_models):
+                ready = _model_ready(self.http_url, model)
+                if ready is False and not self._unloaded_on_purpose(model):
+                    if self._proc.poll() is not None:
+                        return None
+                    return f"model {model} is no longer ready (/v2/models/{model}/ready)"
+        return None
+
+    def _watch(self) -> None:
+        while not self._stop_watching.wait(WATCH_INTERVAL_S):
+            try:
+                problem = self.check_models()
+            except Exception:  # noqa: BLE001 - a /proc race must not end the watching
+                continue
+            if problem is None:
+                continue
+            with self._lock:
+                if self._stopping or self._proc is None:
+                    return
+                self._halted = True
+                stopped = proc.stop_group(self._proc, grace=self.spec.shutdown_grace)
+                self.stopped = stopped
+                self.failure = ModelDied(
+                    f"{problem}; every request to it would fail, so tritonserver was stopped "
+                    f"({stopped.describe()}; log: {self.log_path})",
+                    details=self.log_tail(),
                 )
-        if self._log is not None:
-            self._log.close()
-            self._log = None
+            return
+
+    def settle(self) -> None:
+        """Wait until a stop the watcher began has finished (then ``failure`` is set)."""
+        with self._lock:
+            pass
+
+    # -- stopping
+    def stop(self) -> int | None:
+        """Stop the watcher, then tritonserver's whole group; returns its returncode."""
+        with self._lock:
+            self._stopping = True
+        self._stop_watching.set()
+        watcher, self._watcher = self._watcher, None
+        if watcher is not None and watcher is not threading.current_thread():
+            watcher.join()
+        code = None
+        with self._lock:
+            if self._proc is not None:
+                with contextlib.suppress(Exception):  # a /proc race: nothing more to learn
+                    self._scan_stubs()
+                stopped = proc.stop_group(self._proc, grace=self.spec.shutdown_grace)
+                code = stopped.returncode
+                self._proc = None
+                self._remove_shm_regions()
+                if not stopped.exited_before:
+                    self.stopped = stopped
+                    self._report(stopped)
+            if self._watchdog is not None:
+                self._watchdog.release()
+                self._watchdog = None
+            if self._log is not None:
+                self._log.close()
+                self._log = None
+            self._stopping = False
         return code
 
+    def _remove_shm_regions(self) -> None:
+        """Triton removes its stubs' shared-memory regions when it exits; a SIGKILLed one cannot,
+        so after the group is gone whatever of them is left goes (only the names its own stubs
+        were given)."""
+        for name in self._shm_regions:
+            with contextlib.suppress(OSError):
+                (Path("/dev/shm") / name).unlink()
+        self._shm_regions.clear()
+
+    def _report(self, stopped: proc.Stopped) -> None:
+        """A warning for a stop that did not go as asked (a clean one says nothing)."""
+        where = f"(log: {self.log_path})"
+        if stopped.killed:
+            message = (
+                f"tritonserver did not stop within {self.spec.shutdown_grace:.0f} s of SIGTERM "
+                f"and was killed {where}"
+            )
+        elif stopped.returncode == 0:
+            return
+        elif "Exit timeout expired" in self.log_tail(20):
+            message = (
+                f"tritonserver stopped with {proc.describe_returncode(stopped.returncode)}: its "
+                f"exit timeout ({self.spec.exit_timeout} s) expired with connections or requests "
+                f"still open, so models were not unloaded cleanly {where}"
+            )
+        else:
+            message = (
+                f"tritonserver ended ({proc.describe_returncode(stopped.returncode)}) after "
+                f"SIGTERM {where}"
+            )
+        print(f"warning: {message}", file=sys.stderr, flush=True)
+
     def __enter__(self) -> TritonServer:
-        self.start()
         try:
+            self.start()
             self.wait_ready()
         except BaseException:
             self.stop()
@@ -352,6 +731,10 @@ class TritonServer:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+        if self.failure is not None and exc is None:
+            raise self.failure
+        if self.failure is not None and exc is not self.failure:
+            print(f"error: {self.failure.message}", file=sys.stderr, flush=True)
 
 
 def _http_ok(url: str) -> bool:
@@ -362,26 +745,47 @@ def _http_ok(url: str) -> bool:
         return False
 
 
+class _Stop(Exception):
+    """SIGTERM or SIGINT arrived: stop serving."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.name = signal.Signals(signum).name
+
+
+def _ignore_stop_signals() -> None:
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, signal.SIG_IGN)
+
+
 @contextlib.contextmanager
-def _stop_on_sigterm() -> Iterator[None]:
-    """Turn SIGTERM into KeyboardInterrupt for the duration (so `with` blocks unwind)."""
+def _stop_on_signals() -> Iterator[None]:
+    """SIGTERM and SIGINT raise ``_Stop`` for the duration, once: the stop that follows is not
+    interrupted by a second one (it takes at most the exit timeout, then the grace period)."""
 
     def handler(signum: int, frame: FrameType | None) -> None:
-        raise KeyboardInterrupt
+        _ignore_stop_signals()
+        raise _Stop(signum)
 
-    previous = signal.signal(signal.SIGTERM, handler)
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 def serve_forever(spec: ServeSpec) -> None:
-    """``trtbuild serve``: start, print the endpoints, run until Ctrl-C/SIGTERM, stop cleanly."""
+    """``trtbuild serve``: start, print the endpoints, run until Ctrl-C/SIGTERM, stop cleanly.
+
+    Exits non-zero (``ModelDied`` / ``ServerNotReady``, exit 1) when a model or tritonserver dies,
+    saying which and how (signal or exit status), with the log tail.
+    """
     server = TritonServer(spec)
     for problem in server.warnings:
-        print(f"warning (--force): {problem}", file=sys.stderr)
-    with _stop_on_sigterm():
+        print(f"warning (--force): {problem}", file=sys.stderr, flush=True)
+    received: str | None = None
+    with _stop_on_signals():
         try:
             with server:
                 print(f"HTTP     http://{server.http_url}", flush=True)
@@ -396,8 +800,24 @@ def serve_forever(spec: ServeSpec) -> None:
                     )
                 print(f"log      {server.log_path}", file=sys.stderr, flush=True)
                 print("Serving. Ctrl-C to stop.", file=sys.stderr, flush=True)
-                while server.running():
-                    time.sleep(0.5)
-                raise ServerNotReady("tritonserver exited unexpectedly", details=server.log_tail())
-        except KeyboardInterrupt:
-            print("Stopping tritonserver...", file=sys.stderr, flush=True)
+                try:
+                    while server.running():
+                        time.sleep(0.2)
+                except _Stop as stop:
+                    received = stop.name
+                    print(f"Stopping tritonserver ({received})...", file=sys.stderr, flush=True)
+                else:
+                    _ignore_stop_signals()  # the stop that follows must not be interrupted
+                    if server.failure is not None:
+                        raise server.failure
+                    raise ServerNotReady(
+                        f"tritonserver ended unexpectedly "
+                        f"({proc.describe_returncode(server.returncode)}); nothing asked it to "
+                        f"stop (log: {server.log_path})",
+                        details=server.log_tail(),
+                    )
+        except _Stop as stop:  # during start-up: the `with` already stopped everything
+            print(f"Stopped tritonserver before it was ready ({stop.name}).", file=sys.stderr)
+            return
+    if received is not None and server.stopped is not None:
+        print(f"tritonserver {server.stopped.describe()}.", file=sys.stderr, flush=True)

@@ -11,6 +11,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from trtbuild import vocab
+
 Runtime = Literal["torch", "tensorrtllm", "llmapi"]
 Protocol = Literal["http", "grpc"]
 LOOPBACK = "127.0.0.1"
@@ -55,6 +57,11 @@ class RepoSpec(StrictModel):
     engine_dir: Path
     tokenizer_dir: Path
     streaming: bool = Field(True, description="decoupled tensorrt_llm model (token streaming)")
+    bls_decoupled: bool = Field(
+        False,
+        description="decoupled tensorrt_llm_bls: it streams (upstream's decoupled_mode); false "
+        "keeps it the plain /infer front",
+    )
     limits: RuntimeLimits = RuntimeLimits()
     end_id: int = Field(description="generation stops at this token (tokenizer eos)")
     pad_id: int
@@ -73,7 +80,7 @@ class RepoSpec(StrictModel):
     device: str = Field(
         "auto", description="torch device for the portable runtime: auto, cpu, cuda, cuda:N"
     )
-    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    dtype: vocab.AutoDType = "auto"
     num_threads: int = Field(0, ge=0, description="torch threads (0: torch's default)")
     # TensorRT-LLM flavors, tensorrtllm and llmapi (issue 5); the portable runtime ignores these.
     # `trtbuild repo` fills them from the engine directory; see the end of this module.
@@ -85,7 +92,7 @@ class RepoSpec(StrictModel):
     tp: int = Field(1, ge=1, le=64, description="tensor parallel: must match the engine")
     pp: int = Field(1, ge=1, le=64, description="pipeline parallel: must match the engine")
     max_beam_width: int = Field(1, ge=1, description="at most the engine's")
-    kv_cache_dtype: Literal["auto", "fp8", "int8"] = Field(
+    kv_cache_dtype: vocab.KvDType = Field(
         "auto", description="auto: the model's dtype; fp8/int8 only if the engine was built so"
     )
     kv_cache_free_gpu_mem_fraction: float = Field(0.9, gt=0, le=1)
@@ -130,6 +137,12 @@ class ServeSpec(StrictModel):
     log_verbose: int = Field(0, ge=0)
     log_file: Path | None = None
     shutdown_grace: float = Field(20.0, gt=0, description="seconds between SIGTERM and SIGKILL")
+    exit_timeout: int = Field(
+        3,
+        ge=0,
+        description="tritonserver --exit-timeout-secs: how long a stop waits for open connections "
+        "(an idle keep-alive counts) and in-flight requests before it exits anyway",
+    )
     force: bool = Field(False, description="serve an engine built for another GPU or version")
     load_models: list[str] | None = Field(
         None, description="load only these models (explicit model control); None: all"
@@ -168,9 +181,10 @@ class InferSpec(StrictModel):
 
 
 # -- engine (issue 3) ------------------------------------------------------------------------------
-EngineDtype = Literal["auto", "bfloat16", "float16", "float32"]
-EngineQuant = Literal["none", "fp8", "int8-sq", "int4-awq"]
-KvCacheDtype = Literal["auto", "fp8", "int8"]
+# Names and aliases live in trtbuild.vocab: every field below accepts bf16 as bfloat16, int8 as int8-sq.
+EngineDtype = vocab.AutoDType
+EngineQuant = vocab.Quant
+KvCacheDtype = vocab.KvDType
 
 
 class EngineSpec(StrictModel):
@@ -205,14 +219,9 @@ class EngineSpec(StrictModel):
 
 
 # -- download and plan (issue 4) --------------------------------------------------------------------
-PlanDtype = Literal["auto", "bfloat16", "float16"]
-PlanQuant = Literal["auto", "none", "fp8", "int8-sq", "int4-awq"]
-PlanKvDtype = Literal["auto", "fp8", "int8"]
-_PLAN_ALIASES = {
-    "dtype": {"bf16": "bfloat16", "fp16": "float16"},
-    "quant": {"int8": "int8-sq", "awq": "int4-awq"},
-    "kv_cache_dtype": {"bf16": "auto", "fp16": "auto", "bfloat16": "auto", "float16": "auto"},
-}
+PlanDtype = vocab.AutoDType16
+PlanQuant = vocab.AutoQuant
+PlanKvDtype = vocab.KvDType
 
 
 class DownloadSpec(StrictModel):
@@ -237,19 +246,6 @@ class PlanRequest(StrictModel):
     max_output_len: int = Field(512, ge=1)
     concurrency: int = Field(64, ge=1, description="sequences in flight across all replicas")
     price_per_gpu_hour: float | None = Field(None, gt=0)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _aliases(cls, data: object) -> object:
-        """Accept the short names people type: bf16, fp16, int8, awq (a 16-bit KV cache is auto)."""
-        if not isinstance(data, dict):
-            return data
-        data = dict(data)
-        for key, aliases in _PLAN_ALIASES.items():
-            value = data.get(key)
-            if isinstance(value, str):
-                data[key] = aliases.get(value.lower(), value.lower())
-        return data
 
 
 class PlanSpec(StrictModel):
@@ -295,6 +291,7 @@ class RepoOptions(StrictModel):
     runtime: Runtime | None = Field(None, description="default: the engine's manifest")
     tokenizer: Path | None = Field(None, description="default: the engine's tokenizer")
     streaming: bool = True
+    bls_decoupled: bool = Field(False, description="decoupled tensorrt_llm_bls (it streams)")
     plan: Path | None = None
     force: bool = False
 
@@ -304,6 +301,7 @@ class CheckOptions(StrictModel):
 
     repo: Path
     engine: Path | None = Field(None, description="engine directory to check against")
+    strict: bool = Field(False, description="warnings fail too")
 
 
 RepoSpec.model_rebuild()

@@ -144,3 +144,42 @@ def test_check_engine_dir_is_the_one_call_for_serve_and_repo(
     assert mod.check_engine_dir(tmp_path, force=True)[1] == [
         "built for h100-sxm (SM 90) but this GPU is a100-80gb (SM 80)"
     ]
+
+
+# -- what a portable engine records ----------------------------------------------------------------
+def test_portable_engine_records_torch_transformers_and_its_hash(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    import hashlib
+    from importlib import metadata
+
+    from trtbuild.builder.portable import prepare_portable_engine
+
+    out = prepare_portable_engine(tiny_model, tmp_path / "engine", dtype="bfloat16")
+    data = json.loads((out / MANIFEST).read_text())
+    assert data["hash"] == "sha256"
+    assert data["software"]["torch"] == metadata.version("torch")
+    assert data["software"]["transformers"] == metadata.version("transformers")
+    # the named algorithm is the one the digests were made with
+    assert data["files"]
+    for rel, digest in data["files"].items():
+        assert hashlib.sha256((out / rel).read_bytes()).hexdigest() == digest, rel
+    m = read_manifest(out)
+    assert (m.hash, m.software.torch) == ("sha256", metadata.version("torch"))
+
+
+def test_manifests_from_before_the_hash_field_read_as_sha256(tmp_path: Path) -> None:
+    data = json.loads(manifest().model_dump_json())
+    del data["hash"]
+    assert "torch" not in data["software"]  # only portable engines record it
+    (tmp_path / MANIFEST).write_text(json.dumps(data))
+    read = read_manifest(tmp_path)
+    assert read.hash == "sha256" and read.software.torch is None
+
+
+def test_a_manifest_naming_another_hash_is_refused(tmp_path: Path) -> None:
+    data = json.loads(manifest().model_dump_json())
+    data["hash"] = "md5"
+    (tmp_path / MANIFEST).write_text(json.dumps(data))
+    with pytest.raises(SpecError, match=r"invalid hash: Input should be 'sha256'"):
+        read_manifest(tmp_path)

@@ -10,8 +10,6 @@ import pytest
 from trtbuild.runtime.detok import (
     Text,
     clean_up_tokenization,
-    parse_words_tensor,
-    stop_words_tensor,
 )
 
 
@@ -56,14 +54,6 @@ def test_special_tokens_are_skipped_like_decode(text: Text) -> None:
 
 def test_clean_up_tokenization_matches_transformers_rules() -> None:
     assert clean_up_tokenization("Hello , world ! I 'm here .") == "Hello, world! I'm here."
-
-
-def test_words_tensor_round_trip() -> None:
-    words = [[5, 6], [7], [8, 9, 10]]
-    arr = stop_words_tensor(words)
-    assert arr == [[5, 6, 7, 8, 9, 10], [2, 3, 6, -1, -1, -1]]
-    assert parse_words_tensor(arr) == words
-    assert parse_words_tensor(stop_words_tensor([])) == []
 
 
 def test_missing_tokenizer_json_says_what_is_needed(tmp_path: Path) -> None:

@@ -9,16 +9,22 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Reference
+from trtbuild.runtime import engine as engine_module
 from trtbuild.runtime.engine import (
     FINISH_CANCELLED,
+    FINISH_ERROR,
     FINISH_LENGTH,
     FINISH_STOP,
+    TOKENS_PER_BLOCK,
     Engine,
+    EngineDead,
     EngineLimits,
     Event,
+    QueueFull,
     Request,
     RequestError,
     Sampling,
+    kv_blocks,
 )
 
 
@@ -95,7 +101,9 @@ def test_end_id_stops_and_is_not_returned(engine: Engine, reference: Reference) 
 def test_stop_words_stop_after_the_word(engine: Engine, reference: Reference) -> None:
     full = reference.greedy([1, 90, 91], 16)
     word = full[5:7]
-    tokens, events = collect(engine, [1, 90, 91], 16, end_id=-1, stop_words=[[999999], word])
+    tokens, events = collect(
+        engine, [1, 90, 91], 16, end_id=-1, stop_words=[[full[0], full[0], full[0]], word]
+    )
     first = next(i for i in range(1, 16) if full[i - 1 : i + 1] == word)
     assert tokens == full[: first + 1] and events[-1].finished == FINISH_STOP
 
@@ -133,6 +141,7 @@ def test_cancel_frees_the_slot(engine: Engine) -> None:
         ([1, 2], 0, "request_output_len must be >= 1"),
         ([1, 2], 255, "exceeds max_seq_len 256"),
         ([1, 10**7], 4, "outside the vocabulary"),
+        ([1, -2], 4, "outside the vocabulary"),
     ],
 )
 def test_invalid_requests_are_refused(
@@ -142,15 +151,23 @@ def test_invalid_requests_are_refused(
         engine.submit(Request(prompt=prompt, max_new_tokens=n, on_event=lambda ev: None))
 
 
-def test_full_queue_refuses_new_requests(tiny_model: Path) -> None:
+def test_queue_limit_counts_only_requests_waiting_beyond_the_free_slots(tiny_model: Path) -> None:
     eng = Engine(
         str(tiny_model),
-        limits=EngineLimits(max_batch_size=1, max_seq_len=64, max_num_tokens=64, max_queue_size=1),
+        limits=EngineLimits(max_batch_size=16, max_seq_len=64, max_num_tokens=64, max_queue_size=8),
     )
-    # not started: nothing drains the queue
-    eng.submit(Request(prompt=[1, 2], max_new_tokens=4, on_event=lambda ev: None))
-    with pytest.raises(RequestError, match="queue is full"):
+    # not started: nothing drains the queue. 16 free slots + 8 waiting: a burst of 24 fits
+    for _ in range(24):
         eng.submit(Request(prompt=[1, 2], max_new_tokens=4, on_event=lambda ev: None))
+    with pytest.raises(
+        QueueFull, match=r"8 requests already wait beyond the 16 batch slots"
+    ) as exc:
+        eng.submit(Request(prompt=[1, 2], max_new_tokens=4, on_event=lambda ev: None))
+    assert "(retryable)" in str(exc.value) and "retry later" in str(exc.value)
+    # all or nothing for a multi-sequence request
+    with pytest.raises(QueueFull):
+        eng.submit_many([Request(prompt=[1], max_new_tokens=1, on_event=lambda ev: None)] * 2)
+    assert eng.waiting == 24
 
 
 def test_seeded_sampling_is_deterministic_and_seed_dependent(engine: Engine) -> None:
@@ -165,3 +182,269 @@ def test_seeded_sampling_is_deterministic_and_seed_dependent(engine: Engine) -> 
 def test_limits_beyond_the_model_are_refused(tiny_model: Path) -> None:
     with pytest.raises(ValueError, match="max_position_embeddings"):
         Engine(str(tiny_model), limits=EngineLimits(max_seq_len=10**6))
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"sampling": Sampling(temperature=float("nan"))}, "temperature must be a finite number"),
+        ({"sampling": Sampling(temperature=-1.0)}, "temperature must be >= 0"),
+        ({"sampling": Sampling(top_p=1.5)}, r"runtime_top_p \(top_p\) must be in \[0, 1\]"),
+        ({"sampling": Sampling(top_k=10**9)}, r"must be in \[0, 2048\]"),
+        ({"sampling": Sampling(presence_penalty=-1e39)}, "presence_penalty must be a finite"),
+        ({"sampling": Sampling(repetition_penalty=0.0)}, "repetition_penalty must be > 0"),
+        ({"sampling": Sampling(min_tokens=10**6)}, r"min_tokens must be in \[0, 256\]"),
+        ({"end_id": 10**6}, r"end_id must be -1 or a token id in \[0, 2048\)"),
+        ({"stop_words": [[5, 10**6]]}, "stop_words holds a token id outside the vocabulary"),
+        ({"bad_words": [[-3]]}, "bad_words holds a token id outside the vocabulary"),
+        ({"embedding_bias": [0.0] * 7}, "embedding_bias .* has 7 values"),
+    ],
+    ids=[
+        "nan-temp",
+        "neg-temp",
+        "top-p",
+        "top-k",
+        "neg-inf-presence",
+        "rep-0",
+        "min-tokens",
+        "end-id",
+        "stop-id",
+        "bad-id",
+        "bias-size",
+    ],  # fmt: skip
+)
+def test_poisoned_sampling_values_are_refused_at_submit(
+    engine: Engine, changes: dict[str, object], message: str
+) -> None:
+    with pytest.raises(RequestError, match=message):
+        engine.submit(Request(prompt=[1, 2], max_new_tokens=4, on_event=lambda ev: None, **changes))  # type: ignore[arg-type]
+
+
+# -- isolation: a failure while computing one request fails that request alone -------------------
+@pytest.fixture
+def fresh(tiny_model: Path):  # type: ignore[no-untyped-def]
+    """An engine of its own, for tests that break parts of it."""
+    eng = Engine(
+        str(tiny_model),
+        limits=EngineLimits(
+            max_batch_size=8, max_seq_len=256, max_num_tokens=256, max_queue_size=8
+        ),
+    )
+    eng.start()
+    yield eng
+    eng.stop()
+
+
+class Run:
+    """One request's events, submitted without waiting."""
+
+    def __init__(self, engine: Engine, prompt: list[int], n: int, **kw) -> None:  # type: ignore[no-untyped-def]
+        self.events: list[Event] = []
+        self.done = threading.Event()
+        self.request = Request(prompt=prompt, max_new_tokens=n, on_event=self._on, **kw)
+        engine.submit(self.request)
+
+    def _on(self, ev: Event) -> None:
+        self.events.append(ev)
+        if ev.finished:
+            self.done.set()
+
+    def wait(self) -> Run:
+        assert self.done.wait(60)
+        return self
+
+    @property
+    def tokens(self) -> list[int]:
+        return [t for ev in self.events for t in ev.tokens]
+
+    @property
+    def error(self) -> str | None:
+        return self.events[-1].error if self.events else None
+
+
+INNOCENT = [[1, 20 + i, 30 + i, 40 + i] for i in range(3)]
+
+
+def _innocents(engine: Engine) -> list[Run]:
+    return [Run(engine, p, 24, end_id=-1) for p in INNOCENT]
+
+
+def _assert_innocents_unharmed(runs: list[Run], reference: Reference) -> None:
+    for run, prompt in zip(runs, INNOCENT, strict=True):
+        run.wait()
+        assert run.error is None and run.events[-1].finished == FINISH_LENGTH
+        assert run.tokens == reference.greedy(prompt, 24)
+
+
+def test_logits_that_become_all_minus_inf_fail_that_request_alone(
+    fresh: Engine, reference: Reference
+) -> None:
+    runs = _innocents(fresh)
+    bias = [float("-inf")] * fresh.vocab_size  # allowed (-inf bans a token), but bans them all
+    poisoned = Run(fresh, [1, 7, 8], 24, end_id=-1, embedding_bias=bias).wait()
+    assert poisoned.events[-1].finished == FINISH_ERROR
+    assert "NaN, +inf or all -inf after its sampling parameters" in (poisoned.error or "")
+    sampled = Run(fresh, [1, 7, 8], 24, end_id=-1, embedding_bias=bias,
+                  sampling=Sampling(temperature=0.7, top_k=5, seed=1)).wait()  # fmt: skip
+    assert "all -inf" in (sampled.error or "")
+    _assert_innocents_unharmed(runs, reference)
+
+
+def test_a_row_whose_processing_raises_fails_alone(fresh: Engine, reference: Reference) -> None:
+    runs = _innocents(fresh)
+    broken = Run(fresh, [1, 9, 9], 24, end_id=-1)
+    broken.request.bad_words = [[10**9]]  # past validation, as a bug would be: indexing raises
+    broken.wait()
+    assert broken.events[-1].finished == FINISH_ERROR and "sampling failed" in (broken.error or "")
+    _assert_innocents_unharmed(runs, reference)
+
+
+def test_a_prefill_that_raises_fails_its_request_only(
+    fresh: Engine, reference: Reference, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = fresh.model
+    forward = model.forward
+
+    def flaky(*args, **kwargs):  # type: ignore[no-untyped-def]
+        ids = kwargs.get("input_ids")
+        if kwargs.get("past_key_values") is None and ids is not None and ids.shape[1] == 11:
+            raise RuntimeError("simulated prefill failure")
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(model, "forward", flaky)
+    runs = _innocents(fresh)
+    failed = Run(fresh, list(range(1, 12)), 8, end_id=-1).wait()
+    assert failed.error == "prefill failed: RuntimeError: simulated prefill failure"
+    _assert_innocents_unharmed(runs, reference)
+    later = Run(fresh, [1, 50, 60], 6, end_id=-1).wait()
+    assert later.tokens == reference.greedy([1, 50, 60], 6)
+
+
+def test_a_failed_decode_step_drops_the_newest_row_and_retries(
+    fresh: Engine, reference: Reference, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = fresh.model
+    forward = model.forward
+    armed = threading.Event()
+    failures = []
+
+    def flaky(*args, **kwargs):  # type: ignore[no-untyped-def]
+        out = forward(*args, **kwargs)  # the KV cache grows first: the retry must cut it back
+        if armed.is_set() and kwargs.get("past_key_values") is not None and len(fresh._rows) == 4:
+            armed.clear()
+            failures.append(len(fresh._rows))
+            raise RuntimeError("simulated decode failure")
+        return out
+
+    monkeypatch.setattr(model, "forward", flaky)
+    runs = _innocents(fresh)
+    while not all(r.events for r in runs):
+        time.sleep(0.001)
+    armed.set()
+    newest = Run(fresh, [1, 70, 71, 72, 73, 74], 24, end_id=-1).wait()
+    assert failures == [4]
+    assert newest.events[-1].finished == FINISH_ERROR
+    assert "simulated decode failure" in (newest.error or "") and "most recently admitted" in (
+        newest.error or ""
+    )
+    _assert_innocents_unharmed(runs, reference)
+
+
+def test_a_merge_that_fails_half_way_leaves_the_batch_as_it_was(
+    fresh: Engine, reference: Reference, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pad = engine_module._left_pad
+    calls = {"n": 0}
+    merge = fresh._merge
+
+    def failing_merge(req, cache, n):  # type: ignore[no-untyped-def]
+        if len(req.prompt) != 13:
+            return merge(req, cache, n)
+        calls["n"] = 0
+
+        def pad_then_fail(t, width, dim=2):  # type: ignore[no-untyped-def]
+            calls["n"] += 1
+            if calls["n"] == 6:  # the mask and two layers are merged by then
+                raise RuntimeError("simulated out of memory")
+            return pad(t, width, dim)
+
+        monkeypatch.setattr(engine_module, "_left_pad", pad_then_fail)
+        try:
+            return merge(req, cache, n)
+        finally:
+            monkeypatch.setattr(engine_module, "_left_pad", pad)
+
+    monkeypatch.setattr(fresh, "_merge", failing_merge)
+    runs = _innocents(fresh)
+    while not all(r.events for r in runs):
+        time.sleep(0.001)
+    failed = Run(fresh, list(range(1, 14)), 8, end_id=-1).wait()
+    assert "simulated out of memory" in (failed.error or "")
+    _assert_innocents_unharmed(runs, reference)
+
+
+def test_a_dead_engine_thread_answers_every_pending_and_later_request(tiny_model: Path) -> None:
+    fatal: list[str] = []
+    eng = Engine(
+        str(tiny_model),
+        limits=EngineLimits(max_batch_size=2, max_seq_len=256, max_num_tokens=256),
+        on_fatal=fatal.append,
+    )
+    eng.start()
+    running = [Run(eng, [1, 5, 6 + i], 200, end_id=-1) for i in range(2)]
+    while not all(r.events for r in running):
+        time.sleep(0.001)
+    queued = Run(eng, [1, 5, 9], 4, end_id=-1)  # no free slot: it waits
+
+    def boom() -> list[Request]:
+        raise RuntimeError("bookkeeping bug")
+
+    eng._admit_locked = boom  # type: ignore[method-assign]
+    eng.cancel(running[0].request)  # wakes the loop
+    for run in [*running, queued]:
+        run.wait()
+        assert run.events[-1].finished in (FINISH_ERROR, FINISH_CANCELLED)
+    assert queued.events[-1].finished == FINISH_ERROR
+    assert "engine thread died (RuntimeError: bookkeeping bug)" in (queued.error or "")
+    eng._thread.join(10)
+    assert fatal == ["RuntimeError: bookkeeping bug"]
+    with pytest.raises(EngineDead, match="engine thread died"):
+        eng.submit(Request(prompt=[1, 2], max_new_tokens=2, on_event=lambda ev: None))
+
+
+# -- embedding bias and perf accounting -------------------------------------------------------------
+def test_embedding_bias_changes_greedy_exactly_like_a_logits_bias(
+    engine: Engine, reference: Reference
+) -> None:
+    import torch
+    from transformers import LogitsProcessor, LogitsProcessorList
+
+    prompt = [1, 111, 222, 333]
+    plain = reference.greedy(prompt, 12)
+    bias = torch.zeros(engine.vocab_size)
+    bias[plain[1]] = -1e4  # the second token is never chosen again
+    bias[plain[0] + 1] = 3.0
+
+    class Add(LogitsProcessor):
+        def __call__(self, input_ids, scores):  # type: ignore[no-untyped-def]
+            return scores + bias
+
+    with torch.no_grad():
+        out = reference.model.generate(
+            torch.tensor([prompt]), max_new_tokens=12, do_sample=False, eos_token_id=None,
+            pad_token_id=3, logits_processor=LogitsProcessorList([Add()]),
+        )  # fmt: skip
+    expected = out[0][len(prompt) :].tolist()
+    assert expected != plain  # the bias matters
+    got, _ = collect(engine, prompt, 12, end_id=-1, embedding_bias=bias.tolist())
+    assert got == expected
+
+
+def test_events_carry_kv_accounting_and_times(engine: Engine) -> None:
+    start = time.monotonic_ns()
+    tokens, events = collect(engine, list(range(1, 40)), 30, end_id=-1)
+    req = events[-1].request
+    assert [ev.kv_tokens for ev in events] == [39 + i for i in range(30)]
+    assert kv_blocks(events[-1].kv_tokens) == -(-(39 + 29) // TOKENS_PER_BLOCK) == 3
+    assert start <= req.scheduled_ns <= req.first_token_ns <= req.last_token_ns
+    assert events[-1].token_ns == req.last_token_ns

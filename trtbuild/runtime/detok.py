@@ -46,6 +46,12 @@ class Text:
         """Ids without BOS/EOS, for stop and bad words."""
         return list(self.tokenizer.encode(text, add_special_tokens=False).ids)
 
+    def encode_default(self, text: str) -> list[int]:
+        """Ids as ``transformers``' ``tokenizer.encode(text)`` gives them by default (special tokens
+        added whatever ``add_special_tokens`` says): how upstream's preprocessing encodes
+        embedding-bias words."""
+        return list(self.tokenizer.encode(text, add_special_tokens=True).ids)
+
     def prompt_ids(
         self,
         prompts: list[str] | None,
@@ -166,31 +172,3 @@ def _read_json(path: str) -> dict[str, Any]:
         return data if isinstance(data, dict) else {}
     except FileNotFoundError:
         return {}
-
-
-def stop_words_tensor(words: list[list[int]]) -> list[list[int]]:
-    """TensorRT-LLM's ``[2, N]`` word list: flattened ids, then end offsets padded with -1."""
-    flat: list[int] = []
-    offsets: list[int] = []
-    for w in words:
-        if not w:
-            continue
-        flat.extend(w)
-        offsets.append(len(flat))
-    if not flat:
-        return [[0], [-1]]
-    offsets += [-1] * (len(flat) - len(offsets))
-    return [flat, offsets]
-
-
-def parse_words_tensor(arr: Any) -> list[list[int]]:
-    """Inverse of ``stop_words_tensor`` for one request (``arr`` shaped [2, N])."""
-    flat, offsets = [int(x) for x in arr[0]], [int(x) for x in arr[1]]
-    words, start = [], 0
-    for end in offsets:
-        if end < 0:
-            break
-        if end > start:
-            words.append(flat[start:end])
-        start = end
-    return words

@@ -26,12 +26,12 @@ class TritonPythonModel:
         self.text = Text(params["tokenizer_dir"])
 
     def _decode(self, tokens, lengths):
+        """One string per (batch row, beam), flat: upstream's OUTPUT is 1-D ([1] for one
+        sequence), and its clients index it as ``text_output[0]``."""
         return [
-            [
-                self.text.decode(list(beam[:n]), self.skip_special).encode("utf-8")
-                for beam, n in zip(batch, lens, strict=True)
-            ]
+            self.text.decode(list(beam[:n]), self.skip_special).encode("utf-8")
             for batch, lens in zip(tokens, lengths, strict=True)
+            for beam, n in zip(batch, lens, strict=True)
         ]
 
     def execute(self, requests):

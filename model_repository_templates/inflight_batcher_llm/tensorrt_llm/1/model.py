@@ -1,17 +1,32 @@
 """trtbuild portable runtime: the ``tensorrt_llm`` slot of the inflight-batching ensemble.
 
 Speaks TensorRT-LLM's tensor contract (input_ids, input_lengths, request_output_len, end_id,
-streaming, sampling inputs ... -> output_ids [beam, T], sequence_length, log probs) and generates
-with torch on CPU or any CUDA GPU through ``_trtbuild_engine.Engine`` (continuous batching).
+streaming, sampling inputs ... -> output_ids [1, beam, T], sequence_length [1, beam], log probs,
+perf metrics) and generates with torch on CPU or any CUDA GPU through ``_trtbuild_engine.Engine``
+(continuous batching). Every input is validated by ``_trtbuild_requests.parse_core`` (the same
+module preprocessing uses) before anything is queued.
 
 - ``execute`` only parses and enqueues; the engine thread decodes; a sender thread builds and
   sends the responses, so Triton I/O never stalls the decode loop.
 - Streaming responses carry the new tokens only, like TensorRT-LLM. When the ``output_text``
   output is requested by name (the portable ensemble and BLS do), each response also carries the
-  incrementally detokenized text of those tokens.
-- Inputs that cannot be honoured (beam search, LoRA, prompt tables ...) get an error response.
+  incrementally detokenized text of those tokens, shaped like upstream postprocessing's OUTPUT:
+  one string per sequence, ``[1]``.
+- A request whose ``input_ids`` is ``[B, L]`` runs as B sequences, as in TensorRT-LLM's C++
+  backend: each sequence's responses carry ``batch_index`` ``[1, 1]``, and only the response that
+  ends the last sequence carries the final flag. Non-decoupled deployments refuse B > 1 (as
+  TensorRT-LLM does).
+- Everything upstream's preprocessing and ensemble send by default is accepted; an input that asks
+  for a feature this runtime lacks (beam search, LoRA, prompt tables, encoder-decoder, draft
+  tokens, guided decoding, logits outputs) gets an error response naming it, never a silent
+  ignore.
+- Errors: bad input is INVALID_ARGUMENT; a full queue is UNAVAILABLE (HTTP 503, gRPC 14) and its
+  message carries ``(retryable)``, because the gRPC stream loses status codes. A request that fails
+  while computing fails alone. If the engine thread dies, every pending and later request gets an
+  error and this process exits (``os._exit``) so the server sees a dead model.
 - A cancelled request (client gone, gRPC cancel, or a ``stop`` request with the same id) stops at
-  the next step and frees its slot.
+  the next step and frees its slot. Triton 2.51 does not forward a client's cancellation through
+  an ensemble: there, only ``stop`` (trtbuild's client sends it) frees the slot early.
 """
 
 import json
@@ -26,63 +41,59 @@ import triton_python_backend_utils as pb_utils
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _trtbuild_detok import Text, parse_words_tensor  # noqa: E402
+from _trtbuild_detok import Text  # noqa: E402
 from _trtbuild_engine import (  # noqa: E402
     Engine,
+    EngineDead,
     EngineLimits,
+    QueueFull,
     Request,
-    RequestError,
     Sampling,
+    kv_blocks,
 )
+from _trtbuild_requests import CoreLimits, InvalidInput, flag, parse_core  # noqa: E402
 
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
 CANCEL_POLL_S = 0.05
+EXIT_FLUSH_S = 5.0  # after the engine thread died: time to deliver the error responses, then exit
+PERF_OUTPUTS = (
+    "kv_cache_alloc_new_blocks", "kv_cache_reused_blocks", "kv_cache_alloc_total_blocks",
+    "arrival_time_ns", "first_scheduled_time_ns", "first_token_time_ns", "last_token_time_ns",
+    "acceptance_rate", "total_accepted_draft_tokens", "total_draft_tokens",
+)  # fmt: skip
 
 
-def _invalid(message):
-    """An error response that Triton reports as INVALID_ARGUMENT (HTTP 400): the client's fault."""
-    code = getattr(pb_utils.TritonError, "INVALID_ARG", None)
+def _error(message, code_name="INVALID_ARG"):
+    """An error response. INVALID_ARG: the client's fault (HTTP 400); UNAVAILABLE: retry later
+    (HTTP 503, gRPC 14); INTERNAL: ours (HTTP 500)."""
+    code = getattr(pb_utils.TritonError, code_name, None)
     error = (
         pb_utils.TritonError(message, code) if code is not None else pb_utils.TritonError(message)
     )
     return pb_utils.InferenceResponse(error=error)
 
 
-# Core-model inputs this runtime honours. Anything else that arrives gets an error response.
-SUPPORTED = {
-    "input_ids", "input_lengths", "request_output_len", "end_id", "pad_id", "stop_words_list",
-    "bad_words_list", "beam_width", "num_return_sequences", "temperature", "runtime_top_k",
-    "runtime_top_p", "repetition_penalty", "presence_penalty", "frequency_penalty", "min_tokens",
-    "min_length", "seed", "random_seed", "return_log_probs", "return_perf_metrics",
-    "return_num_input_tokens", "return_num_output_tokens", "return_context_logits",
-    "return_generation_logits", "exclude_input_in_output", "stop", "streaming", "len_penalty",
-    "early_stopping", "beam_search_diversity_rate",
-}  # fmt: skip
-
-
-def _scalar(request, name, default=None, cast=None):
-    tensor = pb_utils.get_input_tensor_by_name(request, name)
-    if tensor is None:
-        return default
-    arr = tensor.as_numpy().reshape(-1)
-    if arr.size == 0:
-        return default
-    value = arr[0].item() if hasattr(arr[0], "item") else arr[0]
-    return cast(value) if cast else value
-
-
-def _flag(value):
+def _param_flag(value):
     return str(value).strip().lower() in ("1", "true", "yes")
 
 
-class _State:
-    """What the sender thread needs to answer one request."""
+class _Reply:
+    """One Triton request: where its responses go, and the engine requests (rows) it became."""
 
     __slots__ = (
-        "sender", "stream", "exclude_input", "prompt", "want_text", "detok", "log_probs",
-        "cum_log_prob", "perf", "num_input", "num_output", "arrival_ns", "first_token_ns",
-        "request_id", "generated", "last_poll", "responses", "want_ids",
+        "sender", "request_id", "requests", "pending", "closed", "cancel_sent", "responses",
+        "stream", "batched", "requested", "want_text", "want_ids", "log_probs", "perf",
+        "num_input", "num_output", "exclude_input", "arrival_ns",
     )  # fmt: skip
+
+    def wants(self, name):
+        return not self.requested or name in self.requested
+
+
+class _Row:
+    """One sequence of a reply (``Request.tag``)."""
+
+    __slots__ = ("reply", "index", "prompt", "detok", "cum_log_prob", "generated")
 
 
 class TritonPythonModel:
@@ -90,9 +101,8 @@ class TritonPythonModel:
         config = json.loads(args["model_config"])
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         self.decoupled = pb_utils.using_decoupled_model_transaction_policy(config)
-        self.default_exclude = _flag(params.get("exclude_input_in_output", "true"))
-        self.skip_special = _flag(params.get("skip_special_tokens", "true"))
-        self.max_input_len = int(params.get("max_input_len", "0")) or None
+        self.default_exclude = _param_flag(params.get("exclude_input_in_output", "true"))
+        self.skip_special = _param_flag(params.get("skip_special_tokens", "true"))
         limits = EngineLimits(
             max_batch_size=int(params.get("max_batch_size", "16")),
             max_seq_len=int(params.get("max_seq_len", "2048")),
@@ -105,15 +115,31 @@ class TritonPythonModel:
             dtype=params.get("dtype", "auto"),
             limits=limits,
             num_threads=int(params.get("num_threads", "0")),
+            on_fatal=self._engine_died,
         )
         tokenizer_dir = params.get("tokenizer_dir", "")
         self.text = Text(tokenizer_dir) if tokenizer_dir else None
-        self.declared = {i["name"] for i in config["input"]}
+        vocab = self.engine.vocab_size
+        # upstream's preprocessing sizes EMBEDDING_BIAS by the tokenizer; a model whose embedding
+        # matrix is padded beyond it gets the tail zero-filled
+        sizes = [vocab]
+        if self.text is not None and self.text.vocab_size < vocab:
+            sizes.append(self.text.vocab_size)
+        self.core_limits = CoreLimits(
+            vocab_size=vocab,
+            max_seq_len=limits.max_seq_len,
+            max_input_len=int(params.get("max_input_len", "0")) or None,
+            max_num_tokens=limits.max_num_tokens,
+            bias_sizes=tuple(sizes),
+        )
+        # Test-only fault injection (never rendered by trtbuild): a request with this request id
+        # kills the engine thread, so tests can watch what clients get when it dies.
+        self.fault_request_id = params.get("test_fault_request_id") or None
         self.engine.start()
         self.engine.warmup()
         self._outbox = queue.SimpleQueue()
-        self._active = {}  # id(Request) -> Request, for cancellation polling
-        self._by_request_id = {}  # Triton request id -> Request, for `stop` requests
+        self._active = {}  # id(_Reply) -> _Reply, for cancellation polling
+        self._by_request_id = {}  # Triton request id -> _Reply, for `stop` requests
         self._lock = threading.Lock()
         self._running = True
         self._metrics = self._make_metrics(limits.max_batch_size)
@@ -130,19 +156,12 @@ class TritonPythonModel:
             return self._execute_blocking(requests)
         for request in requests:
             sender = request.get_response_sender()
-            req = None
             try:
-                req = self._parse(request, sender)
-                if req is None:  # a `stop` request: answered in _parse
-                    continue
-                with self._lock:
-                    self._active[id(req)] = req
-                    if req.tag.request_id:
-                        self._by_request_id[req.tag.request_id] = req
-                self.engine.submit(req)
-            except (RequestError, ValueError) as exc:
-                self._forget_request(req)
-                sender.send(_invalid(str(exc)), flags=FINAL)
+                reply = self._accept(request, sender)
+                if reply is not None:
+                    self._submit(reply)
+            except Exception as exc:  # noqa: BLE001 - every request gets an answer
+                sender.send(self._refusal(exc), flags=FINAL)
         return None
 
     def _execute_blocking(self, requests):
@@ -154,123 +173,137 @@ class TritonPythonModel:
         responses, waiting = [None] * len(requests), []
         for i, request in enumerate(requests):
             try:
-                req = self._parse(request, None)
-                req.tag.responses = (responses, i, threading.Event())
-                self.engine.submit(req)
-                waiting.append(req.tag.responses[2])
-            except (RequestError, ValueError) as exc:
-                responses[i] = _invalid(str(exc))
+                reply = self._accept(request, None)
+                if reply is None:  # a `stop` request
+                    responses[i] = pb_utils.InferenceResponse([])
+                    continue
+                reply.responses = (responses, i, threading.Event())
+                self._submit(reply)
+                waiting.append(reply.responses[2])
+            except Exception as exc:  # noqa: BLE001 - every request gets an answer
+                responses[i] = self._refusal(exc)
         for finished in waiting:
             finished.wait()
         return responses
 
-    def _parse(self, request, sender):
-        present = {
-            name
-            for name in self.declared
-            if pb_utils.get_input_tensor_by_name(request, name) is not None
-        }
-        unsupported = sorted(present - SUPPORTED)
-        if unsupported:
-            raise RequestError(
-                f"the portable runtime does not support {', '.join(unsupported)}; "
-                "serve this model with TensorRT-LLM for these features"
-            )
+    def _refusal(self, exc):
+        if isinstance(exc, QueueFull):
+            return _error(str(exc), "UNAVAILABLE")
+        if isinstance(exc, InvalidInput | ValueError):
+            return _error(str(exc), "INVALID_ARG")
+        if isinstance(exc, EngineDead):
+            return _error(str(exc), "INTERNAL")
+        return _error(f"tensorrt_llm: {type(exc).__name__}: {exc}", "INTERNAL")
+
+    def _submit(self, reply):
+        with self._lock:
+            self._active[id(reply)] = reply
+            if reply.request_id:
+                self._by_request_id[reply.request_id] = reply
+        try:
+            self.engine.submit_many(reply.requests)
+        except BaseException:
+            self._close(reply)
+            raise
+
+    def _accept(self, request, sender):
+        """Parse one Triton request into a ``_Reply``; ``None`` for a ``stop`` request (answered
+        here). Raises for a request that cannot run."""
+        inputs = {t.name(): t.as_numpy() for t in request.inputs()}
         request_id = request.request_id()
-        if _scalar(request, "stop", False, bool):
-            with self._lock:
-                target = self._by_request_id.get(request_id)
-            if target is not None:
-                self.engine.cancel(target)
-            if sender is not None:
-                sender.send(flags=FINAL)
+        if flag(inputs.get("stop")):
+            self._stop(request_id, sender)
             return None
-        ids_tensor = pb_utils.get_input_tensor_by_name(request, "input_ids")
-        if ids_tensor is None:
-            raise RequestError("input_ids is required")
-        ids = ids_tensor.as_numpy()
-        if ids.dtype != np.int32:
-            raise RequestError(f"input_ids must be INT32, got {ids.dtype}")
-        if ids.ndim == 2 and ids.shape[0] != 1:
-            raise RequestError("send one sequence per request (batch dimension 1)")
-        ids = ids.reshape(-1)
-        length = _scalar(request, "input_lengths", len(ids), int)
-        prompt = [int(x) for x in ids[:length]]
-        if self.max_input_len and len(prompt) > self.max_input_len:
-            raise RequestError(
-                f"the prompt has {len(prompt)} tokens; max_input_len is {self.max_input_len}"
-            )
-        for name in ("beam_width", "num_return_sequences"):
-            if _scalar(request, name, 1, int) != 1:
-                raise RequestError(
-                    f"{name} > 1 is not supported by the portable runtime (beam search)"
-                )
-        for name in ("return_context_logits", "return_generation_logits"):
-            if _scalar(request, name, False, bool):
-                raise RequestError(f"{name} is not supported by the portable runtime")
-        stream = _scalar(request, "streaming", False, bool)
-        if stream and not self.decoupled:
-            raise RequestError(
+        if self.fault_request_id and request_id == self.fault_request_id:
+            self.engine._admit_locked = _injected_fault
+        parsed = parse_core(inputs, self.core_limits)
+        if parsed.streaming and not self.decoupled:
+            raise InvalidInput(
                 "streaming needs the decoupled transaction policy; re-render with --streaming"
             )
-        seed = _scalar(request, "seed", None, int)
-        if seed is None:  # TensorRT-LLM <= 0.19 name
-            seed = _scalar(request, "random_seed", None, int)
-        sampling = Sampling(
-            temperature=_scalar(request, "temperature", 1.0, float),
-            top_k=_scalar(request, "runtime_top_k", 0, int),
-            top_p=_scalar(request, "runtime_top_p", 0.0, float),
-            repetition_penalty=_scalar(request, "repetition_penalty", 1.0, float),
-            presence_penalty=_scalar(request, "presence_penalty", 0.0, float),
-            frequency_penalty=_scalar(request, "frequency_penalty", 0.0, float),
-            min_tokens=_scalar(request, "min_tokens", None, int)
-            or _scalar(request, "min_length", 0, int),
-            seed=seed,
-        )
-        stop_words = pb_utils.get_input_tensor_by_name(request, "stop_words_list")
-        bad_words = pb_utils.get_input_tensor_by_name(request, "bad_words_list")
-        state = _State()
-        state.sender = sender
-        state.stream = stream
-        state.exclude_input = _scalar(
-            request, "exclude_input_in_output", self.default_exclude, bool
-        )
-        state.prompt = prompt
-        requested = set(request.requested_output_names())  # empty: TensorRT-LLM's outputs
+        if len(parsed.rows) > 1 and not self.decoupled:
+            raise InvalidInput(
+                f"input_ids holds {len(parsed.rows)} sequences; more than one per request needs "
+                "the decoupled transaction policy (as in TensorRT-LLM): re-render with "
+                "--streaming, or send one sequence per request"
+            )
+        reply = _Reply()
+        reply.sender = sender
+        reply.request_id = request_id
+        reply.pending = len(parsed.rows)
+        reply.closed = False
+        reply.cancel_sent = False
+        reply.responses = None
+        reply.stream = parsed.streaming
+        reply.batched = len(parsed.rows) > 1
+        reply.requested = frozenset(request.requested_output_names())  # empty: all outputs
         # output_text is trtbuild's extension: computed only for callers that ask (the ensemble)
-        state.want_text = self.text is not None and "output_text" in requested
+        reply.want_text = self.text is not None and "output_text" in reply.requested
         # an ensemble that takes text from output_text does not ask for the ids: skip building them
-        state.want_ids = not requested or bool(requested & {"output_ids", "sequence_length"})
-        state.detok = (
-            self.text.incremental(self.skip_special) if state.want_text and stream else None
+        reply.want_ids = not reply.requested or bool(
+            reply.requested & {"output_ids", "sequence_length"}
         )
-        state.log_probs = _scalar(request, "return_log_probs", False, bool)
-        state.cum_log_prob = 0.0
-        state.perf = _scalar(request, "return_perf_metrics", False, bool)
-        state.num_input = _scalar(request, "return_num_input_tokens", False, bool)
-        state.num_output = _scalar(request, "return_num_output_tokens", False, bool)
-        state.arrival_ns = time.time_ns()
-        state.first_token_ns = 0
-        state.request_id = request_id
-        state.generated = 0
-        state.last_poll = time.monotonic()
-        state.responses = None
-        return Request(
-            prompt=prompt,
-            max_new_tokens=_scalar(request, "request_output_len", 0, int),
-            on_event=self._outbox.put,
-            end_id=_scalar(request, "end_id", None, int),
-            stop_words=parse_words_tensor(stop_words.as_numpy().reshape(2, -1))
-            if stop_words is not None
-            else [],
-            bad_words=parse_words_tensor(bad_words.as_numpy().reshape(2, -1))
-            if bad_words is not None
-            else [],
-            sampling=sampling,
-            return_log_probs=state.log_probs,
-            stream=stream,
-            tag=state,
+        reply.log_probs = parsed.return_log_probs
+        reply.perf = parsed.return_perf_metrics
+        reply.num_input = parsed.return_num_input_tokens
+        reply.num_output = parsed.return_num_output_tokens
+        reply.exclude_input = (
+            self.default_exclude if parsed.exclude_input is None else parsed.exclude_input
         )
+        reply.arrival_ns = time.monotonic_ns()
+        reply.requests = []
+        for index, row in enumerate(parsed.rows):
+            state = _Row()
+            state.reply = reply
+            state.index = index
+            state.prompt = row.prompt
+            state.detok = (
+                self.text.incremental(self.skip_special)
+                if reply.want_text and reply.stream
+                else None
+            )
+            state.cum_log_prob = 0.0
+            state.generated = 0
+            reply.requests.append(
+                Request(
+                    prompt=row.prompt,
+                    max_new_tokens=row.max_new_tokens,
+                    on_event=self._outbox.put,
+                    end_id=row.end_id,
+                    stop_words=row.stop_words,
+                    bad_words=row.bad_words,
+                    sampling=Sampling(
+                        temperature=row.temperature,
+                        top_k=row.top_k,
+                        top_p=row.top_p,
+                        repetition_penalty=row.repetition_penalty,
+                        presence_penalty=row.presence_penalty,
+                        frequency_penalty=row.frequency_penalty,
+                        min_tokens=row.min_tokens,
+                        seed=row.seed,
+                    ),
+                    embedding_bias=row.embedding_bias,
+                    return_log_probs=reply.log_probs,
+                    stream=reply.stream,
+                    tag=state,
+                )
+            )
+        return reply
+
+    def _stop(self, request_id, sender):
+        """TensorRT-LLM's ``stop``: cancel every sequence of the request with this id, answer
+        with one empty final response (also when it already finished)."""
+        if not request_id:
+            raise InvalidInput(
+                "stop needs the request id of the request to stop; send it as this request's id"
+            )
+        with self._lock:
+            target = self._by_request_id.get(request_id)
+        if target is not None:
+            for req in target.requests:
+                self.engine.cancel(req)
+        if sender is not None:
+            sender.send(pb_utils.InferenceResponse([]), flags=FINAL)
 
     # -- responses (sender thread) ----------------------------------------------------------------
     def _send_loop(self):
@@ -340,104 +373,150 @@ class TritonPythonModel:
                 slot[1] = value
 
     def _poll_cancellations(self):
+        # under the lock: a reply is closed (under the lock) before its final response is sent,
+        # and Triton 2.51 crashes when is_cancelled() is asked of a sender that sent its final
+        cancelled = []
         with self._lock:
-            active = list(self._active.values())
-        for req in active:
-            sender = req.tag.sender
-            if sender is not None and not req.cancelled and sender.is_cancelled():
+            for reply in self._active.values():
+                if reply.sender is None or reply.closed or reply.cancel_sent:
+                    continue
+                if reply.sender.is_cancelled():
+                    reply.cancel_sent = True
+                    cancelled.append(reply)
+        for reply in cancelled:
+            for req in reply.requests:
                 self.engine.cancel(req)
 
     def _respond(self, event):
-        req, state = event.request, event.request.tag
-        if state.first_token_ns == 0 and event.tokens:
-            state.first_token_ns = time.time_ns()
-        if event.finished:
-            self._forget_request(req)
+        req, row = event.request, event.request.tag
+        reply = row.reply
+        last = False
+        if event.finished is not None:
+            reply.pending -= 1
+            last = reply.pending == 0
+            if last:
+                self._close(reply)
         if event.error:
-            self._deliver(
-                state, pb_utils.InferenceResponse(error=pb_utils.TritonError(event.error)), True
-            )
+            message = event.error if not reply.batched else f"sequence {row.index}: {event.error}"
+            self._deliver(reply, _error(message, "INTERNAL"), last)
             return
         tokens = list(event.tokens)
-        state.generated += len(tokens) if state.stream else 0
-        if not state.stream and not state.exclude_input:
-            tokens = state.prompt + tokens
+        row.generated += len(tokens) if reply.stream else 0
+        if not reply.stream and not reply.exclude_input:
+            tokens = row.prompt + tokens
         text = None
-        if state.want_text:
-            if state.detok is not None:
-                text = state.detok.add(event.tokens) + (
-                    state.detok.finish() if event.finished else ""
-                )
+        if reply.want_text:
+            if row.detok is not None:
+                text = row.detok.add(event.tokens) + (row.detok.finish() if event.finished else "")
             else:
                 text = self.text.decode(tokens, self.skip_special)
-        final = event.finished is not None
-        if state.stream and final and not tokens and not text:
-            self._deliver(state, None, True)  # a bare final flag ends the stream (cancelled too)
+        if reply.stream and event.finished and not tokens and not text and not reply.batched:
+            self._deliver(reply, None, last)  # a bare final flag ends the stream (cancelled too)
             return
-        # batch_index / sequence_index are left out: one sequence per request, always 0, and every
-        # tensor costs serialization on each streamed token.
         outputs = []
-        if state.want_ids:
+        if reply.want_ids:
             outputs.append(pb_utils.Tensor("output_ids", np.array([[tokens]], dtype=np.int32)))
             outputs.append(
                 pb_utils.Tensor("sequence_length", np.array([[len(tokens)]], dtype=np.int32))
             )
-        if text is not None:
+        if text is not None:  # one string per sequence, like upstream postprocessing's OUTPUT
             outputs.append(
-                pb_utils.Tensor("output_text", np.array([[text.encode("utf-8")]], dtype=object))
+                pb_utils.Tensor("output_text", np.array([text.encode("utf-8")], dtype=object))
             )
-        if state.log_probs:
+        if reply.log_probs:
             lps = list(event.log_probs)
-            state.cum_log_prob = (state.cum_log_prob + sum(lps)) if state.stream else sum(lps)
+            row.cum_log_prob = (row.cum_log_prob + sum(lps)) if reply.stream else sum(lps)
             outputs.append(
-                pb_utils.Tensor("cum_log_probs", np.array([[state.cum_log_prob]], dtype=np.float32))
+                pb_utils.Tensor("cum_log_probs", np.array([[row.cum_log_prob]], dtype=np.float32))
             )
             outputs.append(pb_utils.Tensor("output_log_probs", np.array([[lps]], dtype=np.float32)))
-        if state.num_input:
+        # batch_index only for B > 1 and sequence_index never (one sequence per row), as upstream:
+        # every tensor costs serialization on each streamed token
+        if reply.batched and reply.wants("batch_index"):
+            outputs.append(pb_utils.Tensor("batch_index", np.array([[row.index]], dtype=np.int32)))
+        if reply.num_input and reply.wants("num_input_tokens"):
             outputs.append(
-                pb_utils.Tensor("num_input_tokens", np.array([[len(state.prompt)]], dtype=np.int32))
+                pb_utils.Tensor("num_input_tokens", np.array([[len(row.prompt)]], dtype=np.int32))
             )
-        if state.num_output:
-            n_out = state.generated if state.stream else len(req.output)
+        if reply.num_output and reply.wants("num_output_tokens"):
+            n_out = row.generated if reply.stream else len(req.output)
             outputs.append(
                 pb_utils.Tensor("num_output_tokens", np.array([[n_out]], dtype=np.int32))
             )
-        if state.perf:
-            now = time.time_ns()
-            for name, value in (
-                ("arrival_time_ns", state.arrival_ns),
-                ("first_scheduled_time_ns", state.arrival_ns),
-                ("first_token_time_ns", state.first_token_ns or now),
-                ("last_token_time_ns", now),
-            ):
-                outputs.append(pb_utils.Tensor(name, np.array([[value]], dtype=np.int64)))
-        self._deliver(state, pb_utils.InferenceResponse(outputs), final)
+        if reply.perf:
+            outputs.extend(self._perf_outputs(reply, req, event))
+        self._deliver(reply, pb_utils.InferenceResponse(outputs), last)
 
-    def _deliver(self, state, response, final):
-        if state.responses is not None:  # non-decoupled: hand the response to execute()
-            responses, i, finished = state.responses
+    def _perf_outputs(self, reply, req, event):
+        """TensorRT-LLM's per-request perf metrics, [1, 1] each. Times are time.monotonic_ns()
+        (a steady clock, like upstream's). KV blocks count this request's own cached tokens in
+        blocks of the engine's TOKENS_PER_BLOCK (32); nothing is reused (no prefix caching); no draft tokens."""
+        blocks = kv_blocks(event.kv_tokens)
+        values = {
+            "kv_cache_alloc_new_blocks": (blocks, np.int32),
+            "kv_cache_reused_blocks": (0, np.int32),
+            "kv_cache_alloc_total_blocks": (blocks, np.int32),
+            "arrival_time_ns": (reply.arrival_ns, np.int64),
+            "first_scheduled_time_ns": (req.scheduled_ns, np.int64),
+            "first_token_time_ns": (req.first_token_ns, np.int64),
+            "last_token_time_ns": (event.token_ns or req.last_token_ns, np.int64),
+            "acceptance_rate": (0.0, np.float32),
+            "total_accepted_draft_tokens": (0, np.int32),
+            "total_draft_tokens": (0, np.int32),
+        }
+        return [
+            pb_utils.Tensor(name, np.array([[values[name][0]]], dtype=values[name][1]))
+            for name in PERF_OUTPUTS
+            if reply.wants(name)
+        ]
+
+    def _deliver(self, reply, response, final):
+        if reply.responses is not None:  # non-decoupled (one sequence): hand it to execute()
+            responses, i, finished = reply.responses
             if final:
                 responses[i] = response
                 finished.set()
             return
         try:
             if response is None:
-                state.sender.send(flags=FINAL)
+                reply.sender.send(flags=FINAL)
             else:
-                state.sender.send(response, flags=FINAL if final else 0)
+                reply.sender.send(response, flags=FINAL if final else 0)
         except Exception as exc:  # noqa: BLE001 - e.g. the client went away; the request is over
             if not final:
                 raise
             pb_utils.Logger.log_verbose(f"trtbuild: final response not delivered: {exc}")
 
-    def _forget_request(self, req):
-        if req is None:
-            return
+    def _close(self, reply):
+        """No response is pending any more: stop polling and stop-routing this reply. Called
+        before its final response is sent."""
         with self._lock:
-            self._active.pop(id(req), None)
-            if req.tag is not None and self._by_request_id.get(req.tag.request_id) is req:
-                del self._by_request_id[req.tag.request_id]
+            reply.closed = True
+            self._active.pop(id(reply), None)
+            if reply.request_id and self._by_request_id.get(reply.request_id) is reply:
+                del self._by_request_id[reply.request_id]
+
+    # -- engine death -------------------------------------------------------------------------------
+    def _engine_died(self, reason):
+        """The engine thread died (every pending request already has its error event): deliver
+        those errors, then exit the stub process so Triton reports the model as dead."""
+        pb_utils.Logger.log_error(
+            f"trtbuild portable runtime: the engine thread died ({reason}); exiting so the "
+            "server sees a dead model"
+        )
+        threading.Thread(target=self._exit_after_flush, name="trtbuild-exit", daemon=True).start()
+
+    def _exit_after_flush(self):
+        deadline = time.monotonic() + EXIT_FLUSH_S
+        while not self._outbox.empty() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.3)  # the last event taken from the outbox is being sent
+        os._exit(1)
 
     def finalize(self):
         self._running = False
         self.engine.stop()
+
+
+def _injected_fault():
+    raise RuntimeError("fault injected through the test_fault_request_id parameter")
