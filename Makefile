@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.trtbuild-installed
 
-.PHONY: setup demo test test-gpu lint typecheck bench interop golden docs check clean
+.PHONY: setup demo test test-gpu lint typecheck bench bench-gpu bench-instances interop golden docs docs-check check clean
 
 setup: $(STAMP)
 
@@ -39,8 +39,29 @@ lint: setup
 typecheck: setup
 	$(VENV)/bin/mypy trtbuild builder ensembles
 
+# The embedded tiny model (fp32, CPU, one torch thread; the repository `trtbuild demo` renders):
+# the core model, the full ensemble and the BLS measured side by side by `trtbuild perf` at
+# concurrency 1/4/16. Results go to .bench/perf/ (results.json, results.csv, report.html, PNGs);
+# bench.json is no longer written (results.json holds what it held, and more).
+BENCH_DIR := .bench
 bench: setup
-	$(PY) scripts/bench.py --out bench.json $(BENCH_ARGS)
+	@test -f $(BENCH_DIR)/demo/repository/trtbuild-repo.json || $(VENV)/bin/trtbuild demo --workdir $(BENCH_DIR)/demo --force >/dev/null
+	$(VENV)/bin/trtbuild perf $(BENCH_DIR)/demo/repository --compare-models --concurrency 1,4,16 \
+	  --input-len 32 --output-len 64 --label "tiny Llama (seed 0, fp32)" --out $(BENCH_DIR)/perf --force $(BENCH_ARGS)
+
+# On any machine with a CUDA GPU, with its own python3 (CUDA torch + transformers): the portable
+# runtime on random Llama-3-8B-shaped bf16 weights (same bytes and FLOPs as the real model), in
+# process and served by tritonserver (the nvidia-pytriton wheel; a numpy<2 wheel for its stub
+# environment if that python3 has numpy 2). JSON per phase in .bench/gpu; see docs/perf/h200.md.
+BENCH_GPU_OUT ?= .bench/gpu
+bench-gpu:
+	python3 scripts/bench_gpu.py --out $(BENCH_GPU_OUT) $(BENCH_GPU_ARGS)
+
+# Replicas on one host: the tiny model with 1 and 2 portable-runtime CPU instances under the same
+# load (trtbuild perf; BENCH_INSTANCES_ARGS='--loader grpc' where perf_analyzer is missing).
+# JSON in .bench/instances; measurements in docs/deploy.md.
+bench-instances: setup
+	$(PY) scripts/bench_instances.py --out $(BENCH_DIR)/instances $(BENCH_INSTANCES_ARGS)
 
 # Third-party clients for real (extra installs, not part of make test): genai-perf, in its own venv
 # because it pins its own dependencies, against the demo ensemble and BLS.
@@ -56,7 +77,10 @@ golden: setup
 docs: setup
 	$(PY) scripts/gen_cli_reference.py
 
-check: lint test
+# What CI runs (.ci/run): formatting, lint, types, the generated CLI reference, then the tests.
+check: lint docs-check test
+
+docs-check: setup
 	$(PY) scripts/gen_cli_reference.py --check
 
 clean:

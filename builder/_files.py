@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 from pathlib import Path
 
-from trtbuild.download import TOKENIZER_FILES  # one list of what a tokenizer is made of
+from trtbuild.files.hf import normalise_tokenizer_config
+from trtbuild.vocab import TOKENIZER_FILES
 
 LINK_MIN_BYTES = 1 << 20  # smaller files are copied (tokenizer files may be rewritten)
 MODEL_FILES = ("config.json", "generation_config.json")
@@ -33,20 +33,3 @@ def copy_tokenizer(checkpoint: Path, dst: Path, *, with_model_files: bool = True
             if src.is_file():
                 shutil.copy2(src, dst / src.name)
     normalise_tokenizer_config(dst)
-
-
-def normalise_tokenizer_config(directory: Path) -> None:
-    """Make transformers 4.x able to load a tokenizer saved by transformers 5.
-
-    The file is replaced, never edited in place (it may be a hard link into a checkpoint).
-    """
-    path = directory / "tokenizer_config.json"
-    if not path.is_file():
-        return
-    config = json.loads(path.read_text())
-    if config.get("tokenizer_class") in (None, "TokenizersBackend"):
-        config["tokenizer_class"] = "PreTrainedTokenizerFast"
-        config.pop("backend", None)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(config, indent=2) + "\n")
-        tmp.replace(path)

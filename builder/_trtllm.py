@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import importlib.metadata
 import inspect
-import json
 import os
 import shutil
 import sys
@@ -27,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from trtbuild.errors import SpecError, ToolNotFound
+from trtbuild.files.hf import read_hf_config
 
 if TYPE_CHECKING:  # the child-process entry point below stays light: no pydantic import
     from trtbuild.builder.commands import Tools
@@ -34,8 +34,6 @@ if TYPE_CHECKING:  # the child-process entry point below stays light: no pydanti
 # The newest Triton container with the engine builder (server docs/introduction/compatibility.md).
 CONTAINER = "nvcr.io/nvidia/tritonserver:26.07-trtllm-python-py3"
 PINNED_TRTLLM = "1.2.1"
-PINNED_TENSORRT = "10.14.1.48"
-PINNED_CUDA = "13.1"
 _TENSORRT_DISTS = (
     "tensorrt",
     "tensorrt_cu13",
@@ -145,7 +143,7 @@ def convert(args: argparse.Namespace) -> None:
     from tensorrt_llm.mapping import Mapping
     from tensorrt_llm.models import MODEL_MAP
 
-    config = json.loads((args.model_dir / "config.json").read_text())
+    config = read_hf_config(args.model_dir)
     arch = (config.get("architectures") or ["?"])[0]
     model_cls = MODEL_MAP.get(arch)
     if model_cls is None or not hasattr(model_cls, "from_hugging_face"):

@@ -7,24 +7,26 @@ in a Hugging Face cache snapshot) and hashes its files for the manifest and the 
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
-from trtbuild._jsonfile import load_json_object
 from trtbuild.errors import SpecError, first_error
+from trtbuild.files.checkpoint_manifest import CHECKPOINT_MANIFEST, read_checkpoint_manifest
+from trtbuild.files.hf import (
+    file_sha256,
+    has_fast_tokenizer,
+    is_sha256,
+    parse_snapshot,
+    read_hf_config,
+    read_hf_quant_config,
+)
+from trtbuild.model_facts import facts_from_config
 
-HASH_CHUNK = 1 << 20
 TRUST_MIN_BYTES = 1 << 20  # recorded hashes are reused for files this large (weights)
-DOWNLOAD_MANIFEST = "trtbuild-checkpoint.json"  # written by trtbuild download
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
-_SNAPSHOT = re.compile(r"^models--(?P<repo>.+)$")
 
 
 @dataclass(frozen=True)
@@ -66,7 +68,6 @@ def read_checkpoint(checkpoint: Path) -> CheckpointFacts:
 
     The architecture numbers come from ``trtbuild.model_facts`` (shared with the planner).
     """
-    from trtbuild.model_facts import facts_from_config
 
     checkpoint = Path(checkpoint)
     if not checkpoint.is_dir():
@@ -79,9 +80,8 @@ def read_checkpoint(checkpoint: Path) -> CheckpointFacts:
         raise SpecError(
             f"{checkpoint} has no config.json; pass a Hugging Face checkpoint directory"
         )
-    config = _json(config_path)
-    hf_quant_path = checkpoint / "hf_quant_config.json"
-    hf_quant = _json(hf_quant_path) if hf_quant_path.is_file() else None
+    config = read_hf_config(checkpoint)
+    hf_quant = read_hf_quant_config(checkpoint)
     try:
         model = facts_from_config(config, name=checkpoint.name, hf_quant_config=hf_quant)
     except SpecError as exc:
@@ -103,15 +103,10 @@ def read_checkpoint(checkpoint: Path) -> CheckpointFacts:
         max_position_embeddings=model.max_position_embeddings,
         torch_dtype=model.dtype,
         prequant=_prequantization(config, hf_quant),
-        has_tokenizer=(checkpoint / "tokenizer.json").is_file()
-        or (checkpoint / "tokenizer.model").is_file(),
+        has_tokenizer=has_fast_tokenizer(checkpoint) or (checkpoint / "tokenizer.model").is_file(),
         weights=weights,
         num_experts=model.num_experts,
     )
-
-
-def _json(path: Path) -> dict[str, Any]:
-    return load_json_object(path, fix="re-download the checkpoint")
 
 
 def _prequantization(
@@ -162,12 +157,12 @@ def source_info(checkpoint: Path) -> SourceInfo:
     metadata, not model content, so it is not part of the hashes.
     """
     checkpoint = Path(checkpoint)
-    repo_id, revision = hub_snapshot(checkpoint)
+    repo_id, revision = parse_snapshot(checkpoint)
     record = _download_record(checkpoint)
     known: dict[str, tuple[int, str]] = {}
     if record is not None:
         repo_id, revision, known = repo_id or record[0], revision or record[1], record[2]
-    files = hash_tree(checkpoint, skip=(DOWNLOAD_MANIFEST,), known=known)
+    files = hash_tree(checkpoint, skip=(CHECKPOINT_MANIFEST,), known=known)
     return SourceInfo(checkpoint.resolve(), repo_id, revision, files)
 
 
@@ -175,52 +170,28 @@ def _download_record(
     checkpoint: Path,
 ) -> tuple[str | None, str | None, dict[str, tuple[int, str]]] | None:
     """``(repo_id, commit, {path: (size, sha256)})`` from ``trtbuild-checkpoint.json``, if usable."""
-    path = checkpoint / DOWNLOAD_MANIFEST
-    try:
-        data = json.loads(path.read_text())
-        written = path.stat().st_mtime
-    except (OSError, ValueError):
+    manifest = read_checkpoint_manifest(checkpoint)
+    if manifest is None:
         return None
-    if not isinstance(data, dict):
-        return None
+    written = (checkpoint / CHECKPOINT_MANIFEST).stat().st_mtime
     known: dict[str, tuple[int, str]] = {}
-    for entry in data.get("files") or []:
-        if not isinstance(entry, dict):
-            continue
-        rel, size, digest = entry.get("path"), entry.get("size"), entry.get("sha256")
-        f = checkpoint / str(rel)
+    for entry in manifest.files:
+        f = checkpoint / entry.path
         if (
-            isinstance(size, int)
-            and size >= TRUST_MIN_BYTES
-            and isinstance(digest, str)
-            and _SHA256.match(digest)
+            entry.size >= TRUST_MIN_BYTES
+            and is_sha256(entry.sha256)
             and f.is_file()
-            and f.stat().st_size == size
+            and f.stat().st_size == entry.size
             and f.stat().st_mtime <= written
         ):
-            known[str(rel)] = (size, digest)
-    repo_id, commit = data.get("repo_id"), data.get("commit") or data.get("revision")
-    return (
-        repo_id if isinstance(repo_id, str) else None,
-        commit if isinstance(commit, str) else None,
-        known,
-    )
-
-
-def hub_snapshot(checkpoint: Path) -> tuple[str | None, str | None]:
-    """``(repo_id, revision)`` for ``.../models--org--name/snapshots/<rev>``, else ``(None, None)``."""
-    parts = Path(os.path.abspath(checkpoint)).parts
-    if len(parts) >= 3 and parts[-2] == "snapshots":
-        match = _SNAPSHOT.match(parts[-3])
-        if match:
-            return match["repo"].replace("--", "/"), parts[-1]
-    return None, None
+            known[entry.path] = (entry.size, entry.sha256)
+    return manifest.repo_id, manifest.commit or manifest.revision, known
 
 
 def mount_root(checkpoint: Path) -> Path:
     """The directory to bind-mount so the checkpoint's symlinks still resolve in a container."""
     checkpoint = Path(os.path.abspath(checkpoint))
-    if hub_snapshot(checkpoint)[0] is not None:
+    if parse_snapshot(checkpoint)[0] is not None:
         return checkpoint.parent.parent  # models--org--name (holds snapshots/ and blobs/)
     return checkpoint
 
@@ -241,16 +212,3 @@ def hash_tree(
             name = rel.as_posix()
             out[name] = known[name][1] if name in known else file_sha256(path)
     return out
-
-
-def file_sha256(path: Path) -> str:
-    """The file's sha256; a Hub-cache symlink to ``blobs/<sha256>`` is trusted without reading."""
-    if path.is_symlink():
-        target = Path(os.path.realpath(path))
-        if target.parent.name == "blobs" and _SHA256.match(target.name):
-            return target.name
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(HASH_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()

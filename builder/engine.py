@@ -34,7 +34,7 @@ from trtbuild.builder.checkpoint import (
     source_info,
 )
 from trtbuild.builder.commands import CHECKPOINT_SUBDIR, DISPLAY_TOOLS, Phase, plan_phases
-from trtbuild.builder.layout import missing_ranks, verify_checkpoint, verify_engine
+from trtbuild.builder.layout import verify_checkpoint, verify_engine
 from trtbuild.builder.llmapi import llm_args, write_llmapi
 from trtbuild.builder.manifest import (
     FeatureRecord,
@@ -48,7 +48,7 @@ from trtbuild.builder.manifest import (
     write_manifest,
 )
 from trtbuild.builder.portable import check_portable, portable_software, write_portable
-from trtbuild.builder.settings import BuildSettings, load_plan, resolve
+from trtbuild.builder.settings import BuildSettings, resolve
 from trtbuild.builder.validate import (
     Target,
     fp8_context_fmha,
@@ -57,6 +57,8 @@ from trtbuild.builder.validate import (
     validate,
 )
 from trtbuild.errors import ProcessFailed, SpecError, ToolNotFound
+from trtbuild.files.plan_file import read_plan
+from trtbuild.files.trtllm import missing_ranks
 from trtbuild.gpus import DetectedGpu, detect_gpus, known_gpus
 from trtbuild.paths import home
 from trtbuild.specs import EngineSpec
@@ -121,7 +123,7 @@ def build_engine(spec: EngineSpec, *, env: BuildEnv | None = None) -> EngineResu
     """Validate ``spec`` against the checkpoint and the target GPU, then build or restore."""
     started = time.monotonic()
     facts = read_checkpoint(spec.checkpoint)
-    plan = load_plan(spec.plan) if spec.plan else None
+    plan = read_plan(spec.plan) if spec.plan else None
     env = env if env is not None else detect_env(spec.runtime)
     target = resolve_target(spec.gpu or (plan.gpu if plan else None), env.gpus)
     settings = resolve(spec, facts, plan=plan, sm=target.sm if target else None)
@@ -411,3 +413,11 @@ def _hash_outputs(out: Path, source: SourceInfo) -> dict[str, str]:
         same = rel in source.files and src.exists() and os.path.samefile(src, path)
         hashes[rel] = source.files[rel] if same else file_sha256(path)
     return hashes
+
+
+def prepare_portable_engine(
+    checkpoint: Path, out_dir: Path, *, dtype: str = "auto", force: bool = False
+) -> Path:
+    """Write a portable-runtime engine directory for ``checkpoint`` into ``out_dir``."""
+    spec = EngineSpec(checkpoint=checkpoint, out=out_dir, runtime="torch", dtype=dtype, force=force)
+    return build_engine(spec).out_dir

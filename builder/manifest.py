@@ -24,6 +24,7 @@ from pydantic import (
     model_serializer,
 )
 
+from trtbuild import vocab
 from trtbuild.builder.settings import BuildSettings, EngineLimits
 from trtbuild.errors import IncompatibleArtifact, SpecError, first_error
 from trtbuild.specs import Runtime
@@ -216,11 +217,11 @@ def incompatibilities(manifest: Manifest, runtime: RuntimeInfo) -> list[str]:
 def _min_sm(q: QuantRecord) -> tuple[int, str] | None:
     algo = (q.quant_algo or "").upper()
     if algo.startswith("NVFP4"):
-        return 100, "NVFP4 weights"
+        return vocab.SM_NVFP4, "NVFP4 weights"
     if algo.startswith("FP8"):
-        return 89, "FP8 weights"
+        return vocab.SM_FP8, "FP8 weights"
     if (q.kv_cache or "").lower() == "fp8" or (q.kv_cache_quant_algo or "").upper() == "FP8":
-        return 89, "an FP8 KV cache"
+        return vocab.SM_FP8, "an FP8 KV cache"
     return None
 
 

@@ -4,7 +4,7 @@ There is nothing to compile: the "engine" is the checkpoint's weights as safeten
 serving dtype when asked), its config, its generation config and a normalised tokenizer, plus the
 trtbuild manifest. The Triton ``tensorrt_llm`` model of the portable flavor loads it with
 transformers, on CPU or any CUDA GPU. ``trtbuild engine --runtime torch`` and
-``prepare_portable_engine`` share the manifest and the build cache with the other runtimes.
+``trtbuild.builder.engine.prepare_portable_engine`` share the manifest and the build cache with the other runtimes.
 """
 
 from __future__ import annotations
@@ -13,32 +13,16 @@ import shutil
 from importlib import metadata
 from pathlib import Path
 
-from trtbuild.builder._files import MODEL_FILES as MODEL_FILES
-from trtbuild.builder._files import TOKENIZER_FILES as TOKENIZER_FILES
+from trtbuild import __version__
 from trtbuild.builder._files import copy_tokenizer
-from trtbuild.builder._files import normalise_tokenizer_config as normalise_tokenizer_config
 from trtbuild.builder.checkpoint import CheckpointFacts
-from trtbuild.builder.manifest import MANIFEST as MANIFEST
 from trtbuild.builder.manifest import SoftwareRecord
 from trtbuild.errors import SpecError
-
-
-def prepare_portable_engine(
-    checkpoint: Path, out_dir: Path, *, dtype: str = "auto", force: bool = False
-) -> Path:
-    """Write a portable-runtime engine directory for ``checkpoint`` into ``out_dir``."""
-    from trtbuild.builder.engine import build_engine
-    from trtbuild.specs import EngineSpec
-
-    spec = EngineSpec(checkpoint=checkpoint, out=out_dir, runtime="torch", dtype=dtype, force=force)
-    return build_engine(spec).out_dir
 
 
 def portable_software() -> SoftwareRecord:
     """The software a portable engine is prepared with (and that serving it will load): trtbuild,
     torch (which casts the weights) and transformers (which loads them at serve time)."""
-    from trtbuild import __version__
-
     return SoftwareRecord(
         trtbuild=__version__,
         torch=_installed("torch"),

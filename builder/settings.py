@@ -6,21 +6,20 @@ here touches the machine. ``BuildSettings`` is what the manifest records and the
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError
-
 from trtbuild.builder.checkpoint import CheckpointFacts
-from trtbuild.errors import SpecError, first_error
-from trtbuild.specs import EngineDtype, EngineQuant, EngineSpec, KvCacheDtype, Runtime, StrictModel
+from trtbuild.plan import Plan
+from trtbuild.specs import EngineDtype, EngineSpec, Runtime, StrictModel
+from trtbuild.vocab import (
+    DEFAULT_MAX_BATCH_SIZE,
+    DEFAULT_MAX_INPUT_LEN,
+    DEFAULT_MAX_NUM_TOKENS,
+    DEFAULT_MAX_SEQ_LEN,
+    supports_bf16,
+)
 
 # trtbuild's defaults when neither the options nor the plan say (the planner picks better ones).
-DEFAULT_MAX_BATCH_SIZE = 16
-DEFAULT_MAX_INPUT_LEN = 1024
-DEFAULT_MAX_SEQ_LEN = 2048
-DEFAULT_MAX_NUM_TOKENS = 4096
 DEFAULT_CALIB_SIZE = 512
 DEFAULT_CALIB_DATASET = "cnn_dailymail"  # quantize.py's default (fetched from the Hub)
 
@@ -61,55 +60,14 @@ class BuildSettings(StrictModel):
         return self.quant is not None or self.kv_cache_dtype is not None
 
 
-class PlanFile(BaseModel):
-    """The keys of a ``trtbuild plan`` JSON file that the builder uses; others are ignored."""
-
-    model_config = ConfigDict(extra="ignore", frozen=True)
-
-    gpu: str | None = None
-    tp: int | None = None
-    pp: int | None = None
-    dtype: EngineDtype | None = None
-    quant: EngineQuant | None = None
-    kv_cache_dtype: KvCacheDtype | None = None
-    max_batch_size: int | None = None
-    max_input_len: int | None = None
-    max_seq_len: int | None = None
-    max_num_tokens: int | None = None
-    chunked_context: bool | None = None
-
-
-def load_plan(path: Path) -> PlanFile:
-    """Read the builder's keys from a plan file; wrong values name the key and the file."""
-    try:
-        data = json.loads(Path(path).read_text())
-    except OSError as exc:
-        raise SpecError(f"cannot read plan {path}: {exc.strerror}") from exc
-    except json.JSONDecodeError as exc:
-        raise SpecError(
-            f"plan {path} is not valid JSON ({exc}); regenerate it with trtbuild plan"
-        ) from exc
-    if not isinstance(data, dict):
-        raise SpecError(f"plan {path} must be a JSON object; regenerate it with trtbuild plan")
-    data = {
-        k: (None if v in ("none", "auto") and k in ("quant", "kv_cache_dtype") else v)
-        for k, v in data.items()
-    }
-    try:
-        return PlanFile.model_validate(data)
-    except ValidationError as exc:
-        raise SpecError(f"plan {path}: invalid {first_error(exc)}") from exc
-
-
 def resolve(
-    spec: EngineSpec, facts: CheckpointFacts, *, plan: PlanFile | None = None, sm: int | None = None
+    spec: EngineSpec, facts: CheckpointFacts, *, plan: Plan | None = None, sm: int | None = None
 ) -> BuildSettings:
     """Fill every setting: explicit option, else plan, else a default derived from the model."""
-    p = plan or PlanFile()
 
     def pick(name: str) -> Any:
         value = getattr(spec, name)
-        return value if value is not None else getattr(p, name)
+        return value if value is not None else getattr(plan, name, None)
 
     quant = pick("quant")
     kv = pick("kv_cache_dtype")
@@ -149,7 +107,7 @@ def _dtype(runtime: str, dtype: str | None, facts: CheckpointFacts, sm: int | No
         return "auto"
     if facts.torch_dtype in ("bfloat16", "float16"):
         return facts.torch_dtype
-    return "float16" if sm is not None and sm < 80 else "bfloat16"
+    return "float16" if sm is not None and not supports_bf16(sm) else "bfloat16"
 
 
 def _limits(

@@ -16,11 +16,7 @@ from trtbuild.builder.checkpoint import CheckpointFacts
 from trtbuild.builder.settings import BuildSettings
 from trtbuild.errors import SpecError
 from trtbuild.gpus import DetectedGpu, get_gpu
-
-SM_FP8 = 89
-SM_NVFP4 = 100
-SM_BF16 = 80
-_NO_INT8_SM = range(100, 120)  # build.py: "INT8/INT4 quantization is not supported on SM>=100."
+from trtbuild.vocab import SM_BF16, SM_FP8, SM_NO_INT8_WEIGHTS, SM_NVFP4
 
 
 @dataclass(frozen=True)
@@ -176,7 +172,7 @@ def _check_limits(s: BuildSettings, facts: CheckpointFacts) -> None:
         raise SpecError(
             f"--max-num-tokens ({lim.max_num_tokens}) is below --max-input-len "
             f"({lim.max_input_len}), so the longest prompt cannot be prefilled; raise "
-            "--max-num-tokens (or enable chunked context in the plan)"
+            "--max-num-tokens to at least --max-input-len"
         )
     if s.chunked_context and s.runtime == "tensorrtllm" and not paged_context_fmha(s):
         raise SpecError(
@@ -198,7 +194,7 @@ def _check_hardware(s: BuildSettings, facts: CheckpointFacts, t: Target) -> None
         raise SpecError(
             f"an FP8 KV cache needs SM >= {SM_FP8}; {where} lacks FP8, use --kv-cache-dtype int8"
         )
-    if s.runtime == "tensorrtllm" and t.sm in _NO_INT8_SM:
+    if s.runtime == "tensorrtllm" and t.sm in SM_NO_INT8_WEIGHTS:
         bad = [
             x
             for x, on in (

@@ -16,8 +16,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from trtbuild.ensembles._rules import common_findings
 from trtbuild.ensembles._tensors import Tensor, out
-from trtbuild.ensembles.upstream import UpstreamTensor, facts, line_for, version_tuple
+from trtbuild.ensembles._wiring import repository_findings
+from trtbuild.ensembles.upstream import UpstreamTensor, facts, line_for
 from trtbuild.findings import REPOSITORY, Finding
 from trtbuild.specs import RepoSpec
 
@@ -94,7 +96,7 @@ def ensemble_steps(line: str, *, portable: bool) -> list[Step]:
     if not portable:
         return steps
     # Each Python-backend hop costs about 0.5 ms of CPU per streamed token (tritonserver plus the
-    # stub: measured by scripts/bench.py on 2 cores), more than the runtime itself; a postprocessing
+    # stub: measured on 2 cores with `make bench`), more than the runtime itself; a postprocessing
     # step would only pass the runtime's text on.
     pre, core = (s for s in steps if s.model in ("preprocessing", "tensorrt_llm"))
     post = next(s for s in steps if s.model == "postprocessing")
@@ -287,25 +289,27 @@ def context(spec: RepoSpec, model: str) -> dict[str, Any]:
         ensemble_steps_json=steps_json(steps),
         # TensorRT-LLM's C++ backend (runtime tensorrtllm)
         core_parameters=core_parameters(spec) if spec.runtime == "tensorrtllm" else [],
-        core_instance_count=max(1, len(spec.gpu_device_ids)),
+        core_instance_count=len(spec.gpu_device_ids) or spec.instances,
+        core_instance_groups=core_instance_groups(spec),
     )
     return ctx
 
 
+def core_instance_groups(spec: RepoSpec) -> list[dict[str, Any]]:
+    """The ``tensorrt_llm`` instance groups: the portable runtime pinned to GPUs gets one
+    ``KIND_GPU`` group per GPU (Triton gives each instance its device id), on CPU one group of
+    ``instances``; TensorRT-LLM's C++ backend places its instances itself (``gpu_device_ids``)
+    and is a ``KIND_CPU`` group, as upstream renders it."""
+    if spec.runtime == "torch" and spec.gpu_device_ids:
+        return [{"count": 1, "kind": "KIND_GPU", "gpus": list(g)} for g in spec.gpu_device_ids]
+    count = len(spec.gpu_device_ids) or spec.instances
+    return [{"count": count, "kind": "KIND_CPU", "gpus": []}]
+
+
 def spec_findings(spec: RepoSpec) -> list[Finding]:
     """Consistency rules on the spec (engine facts included), before anything is rendered."""
-    from trtbuild.ensembles._rules import common_findings
 
     findings = common_findings(spec)
-    if spec.runtime == "tensorrtllm" and version_tuple(spec.trtllm_version) >= (1, 3):
-        findings.append(
-            Finding(
-                REPOSITORY,
-                f"TensorRT-LLM {spec.trtllm_version} has no engine (C++) backend",
-                "serve with --runtime llmapi, or target TensorRT-LLM 1.2.x "
-                "(Triton 26.07-trtllm-python-py3)",
-            )
-        )
     if spec.decoding_mode == "beam_search" and spec.max_beam_width == 1:
         findings.append(
             Finding(
@@ -318,6 +322,4 @@ def spec_findings(spec: RepoSpec) -> list[Finding]:
 
 
 def check(configs: dict[str, Any]) -> list[Finding]:
-    from trtbuild.ensembles._wiring import repository_findings
-
     return repository_findings(configs, MODELS)

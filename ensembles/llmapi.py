@@ -25,7 +25,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from trtbuild.ensembles._rules import common_findings
 from trtbuild.ensembles._tensors import Tensor, opt, out, req
+from trtbuild.ensembles._wiring import repository_findings
 from trtbuild.ensembles.inflight_batcher_llm import Step
 from trtbuild.ensembles.upstream import version_tuple
 from trtbuild.findings import REPOSITORY, Finding
@@ -206,8 +208,6 @@ def context(spec: RepoSpec, model: str) -> dict[str, Any]:
 
 
 def spec_findings(spec: RepoSpec) -> list[Finding]:
-    from trtbuild.ensembles._rules import common_findings
-
     findings = common_findings(spec)
     if version_tuple(spec.trtllm_version) < (1, 0):
         findings.append(
@@ -236,6 +236,4 @@ def spec_findings(spec: RepoSpec) -> list[Finding]:
 
 
 def check(configs: dict[str, Any]) -> list[Finding]:
-    from trtbuild.ensembles._wiring import repository_findings
-
     return repository_findings(configs, MODELS)

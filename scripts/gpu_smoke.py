@@ -1,6 +1,8 @@
 #!/usr/bin/env python3
 """The portable runtime's engine on a CUDA GPU, in process (no Triton): parity and batching.
 
+A quick check on a small checkpoint; scripts/bench_gpu.py (make bench-gpu) is the full benchmark.
+
 Needs only torch and transformers (so it runs in a stock GPU image). Usage:
     python3 scripts/gpu_smoke.py MODEL_DIR [--out result.json]
 MODEL_DIR: a checkpoint such as the one `trtbuild demo --workdir DIR` leaves in DIR/model.
@@ -92,6 +94,8 @@ def main() -> int:
             "tokens_per_s_16_concurrent_first_pass": round(16 * 32 / seconds, 1),
             "tokens_per_s_16_concurrent_second_pass": round(16 * 32 / warm_seconds, 1),
             "device": str(engine.device),
+            "kv_layout": engine.kv_layout,
+            "cuda_graphs": len(engine.graphs),
         }
         engine.stop()
         del ref_model

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from trtbuild import proc
-from trtbuild.builder.portable import prepare_portable_engine
+from trtbuild.builder.engine import prepare_portable_engine
 from trtbuild.repository import render_repository
 from trtbuild.server import TritonServer
 from trtbuild.specs import RuntimeLimits, ServeSpec

@@ -30,6 +30,21 @@ def _isolate_session_env(tmp_path_factory: pytest.TempPathFactory) -> None:
     os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 
 
+@pytest.fixture(autouse=True)
+def _isolate_test_env(
+    monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Per test: no token or user setting leaks in (or out: monkeypatch restores the environment
+    after each test), and trtbuild's and the Hub's caches are this test's own."""
+    for name in list(os.environ):
+        if name.startswith(ISOLATED_PREFIXES) or name in ISOLATED_NAMES:
+            monkeypatch.delenv(name)
+    base = tmp_path_factory.mktemp("env")
+    monkeypatch.setenv("TRTBUILD_HOME", str(base / "trtbuild"))
+    monkeypatch.setenv("HF_HOME", str(base / "hf"))
+    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
+
+
 @pytest.fixture
 def update_golden(request: pytest.FixtureRequest) -> bool:
     return bool(request.config.getoption("--update-golden"))
@@ -91,7 +106,7 @@ def reference(tiny_model: Path) -> Reference:
 
 @pytest.fixture(scope="session")
 def portable_engine(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from trtbuild.builder.portable import prepare_portable_engine
+    from trtbuild.builder.engine import prepare_portable_engine
 
     return prepare_portable_engine(tiny_model, tmp_path_factory.mktemp("engine") / "engine")
 

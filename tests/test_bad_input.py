@@ -158,10 +158,10 @@ CASES: dict[str, tuple[Case, str]] = {
         "echo/config.pbtxt: not a valid Triton model config: "),
     "serve: config.pbtxt not UTF-8": (
         lambda w: ["serve", str(w.broken_repo("echo/config.pbtxt", b"\xff\xfe"))],
-        "cannot be read ('utf-8' codec can't decode byte 0xff in position 0"),
+        "echo/config.pbtxt: not a valid Triton model config: it is not UTF-8 text ('utf-8' codec"),
     "serve: trtbuild-repo.json not JSON": (
         lambda w: ["serve", str(w.broken_repo("trtbuild-repo.json", b"{"))],
-        "cannot be read (Expecting property name enclosed in double quotes"),
+        "trtbuild-repo.json is not valid JSON (Expecting property name enclosed in double quotes"),
     "demo --workdir the stub's shell would split": (
         lambda w: ["demo", "--workdir", str(w.tmp / "my demo")],
         "--workdir '"),

@@ -115,9 +115,9 @@ def test_max_batch_size_beyond_the_engines(made: dict[str, Path], tmp_path: Path
     for config in repo.glob("*/config.pbtxt"):
         edit(config, "max_batch_size: 64", "max_batch_size: 128")
     assert check(repo) == [
-        "error: tensorrt_llm: max_batch_size 128 exceeds the engine's build_config.max_batch_size 64 "
-        "(fix: set max_batch_size <= 64 in every model, or rebuild the engine with a larger "
-        "--max-batch-size)"
+        "error: tensorrt_llm: max_batch_size 128 exceeds the engine's 64 (build_config.max_batch_size) "
+        "(fix: set max_batch_size <= 64 in the config.pbtxt files, or rebuild with 'trtbuild "
+        "engine --max-batch-size 128')"
     ]
 
 
@@ -203,8 +203,8 @@ def test_engine_for_another_tensorrt_llm_version(made: dict[str, Path], tmp_path
     config = json.loads((engine / "config.json").read_text())
     (engine / "config.json").write_text(json.dumps({**config, "version": "1.2.0"}))
     assert check(made["cpp"], engine=engine) == [
-        "error: tensorrt_llm: the engine is now TensorRT-LLM 1.2.0 but the repository was rendered for "
-        "1.2.1 (fix: re-render the repository with 'trtbuild repo' for this engine)"
+        "error: tensorrt_llm: the engine is TensorRT-LLM 1.2.0 but the repository targets 1.2.1 "
+        "(fix: re-render the repository with 'trtbuild repo' for this engine)"
     ]
 
 
@@ -213,7 +213,7 @@ def test_tp_x_pp_against_the_rank_files(made: dict[str, Path], tmp_path: Path) -
     (engine / "rank1.engine").unlink()
     repo = copy(made["cpp"], tmp_path / "repo", hand_written=True)
     assert check(repo, engine=engine) == [
-        f"error: tensorrt_llm: the engine is TP 2 x PP 1 (world size 2) but {engine} holds 1 rank "
+        f"error: tensorrt_llm: the engine is TP 2 x PP 1 (world size 2) but its directory ({engine}) holds 1 rank "
         "engine file(s); MPI world size, TP x PP and rank{N}.engine must all agree (fix: rebuild "
         "the engine completely ('trtbuild engine'), and launch one MPI rank per engine file "
         "('trtbuild serve' does))"
@@ -236,8 +236,8 @@ def test_gpu_device_ids_per_instance_must_cover_tp_x_pp(
         "instance_group count to 2 (one GPU set per instance))"
     )
     assert findings[1:] == [
-        f"error: tensorrt_llm: gpu_device_ids instance {i} lists 1 GPU(s) for a TP x PP = 2 engine "
-        '(fix: list 2 GPU(s) per instance, e.g. "0,1")'
+        f"error: tensorrt_llm: gpu_device_ids[{i}] lists 1 GPU(s) but each tensorrt_llm instance "
+        'needs TP x PP = 2 (fix: list 2 GPU(s) per instance, e.g. "0,1")'
         for i in (0, 1)
     ]
 

@@ -18,8 +18,10 @@ import pytest
 from click.testing import CliRunner, Result
 
 from tests.hub_server import FakeHub, FakeRepo, serve_hub
-from trtbuild.download import CHECKPOINT_MANIFEST, read_manifest, select_files
+from trtbuild.download import select_files
 from trtbuild.errors import SpecError
+from trtbuild.files.checkpoint_manifest import CHECKPOINT_MANIFEST
+from trtbuild.files.checkpoint_manifest import read_checkpoint_manifest as read_manifest
 
 REPO = "acme/tiny-llama"
 COMMIT = "0123456789abcdef0123456789abcdef01234567"

@@ -9,7 +9,8 @@ import pytest
 
 from trtbuild._known_models import KNOWN_CONFIGS
 from trtbuild.errors import SpecError
-from trtbuild.model_facts import facts_from_config, load_model_facts, parse_quantization
+from trtbuild.files.checkpoint_manifest import read_model_facts as load_model_facts
+from trtbuild.model_facts import facts_from_config, parse_quantization
 
 CONFIGS = Path(__file__).parent / "data" / "configs"
 

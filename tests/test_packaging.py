@@ -31,6 +31,8 @@ def test_wheel_contains_templates_and_model_files(tmp_path: Path) -> None:
     names = set(zipfile.ZipFile(wheel).namelist())
     expected = {
         "trtbuild/cli.py",
+        "trtbuild/files/hf.py",
+        "trtbuild/files/model_config.py",
         "trtbuild/builder/engine.py",
         "trtbuild/ensembles/inflight_batcher_llm.py",
         "trtbuild/runtime/engine.py",
@@ -53,3 +55,14 @@ def test_wheel_contains_templates_and_model_files(tmp_path: Path) -> None:
         expected.add(f"trtbuild/model_repository_templates/inflight_batcher_llm/{model}/1/model.py")
     assert expected <= names, sorted(expected - names)
     assert not any(n.startswith(("tests/", "scripts/")) for n in names)
+
+
+def test_the_public_api_loads_from_the_package() -> None:
+    """README's Python API: every name trtbuild exports resolves (lazily) to its definition."""
+    import trtbuild
+    from trtbuild import _API
+
+    assert sorted(trtbuild.__all__) == sorted([*_API, "__version__"])
+    for name, module in _API.items():
+        obj = getattr(trtbuild, name)
+        assert obj.__module__ == module or getattr(obj, "__module__", "").startswith(module), name

@@ -10,9 +10,11 @@ import pytest
 from click.testing import CliRunner, Result
 
 from trtbuild.errors import SpecError
+from trtbuild.files.checkpoint_manifest import read_model_facts as load_model_facts
+from trtbuild.files.plan_file import read_plan
 from trtbuild.gpus import get_gpu
-from trtbuild.model_facts import facts_from_config, load_model_facts
-from trtbuild.plan import Plan, PlanDoesNotFit, _valid_tp, make_plan, read_plan
+from trtbuild.model_facts import facts_from_config
+from trtbuild.plan import Plan, PlanDoesNotFit, _valid_tp, make_plan
 from trtbuild.specs import PlanRequest
 
 CONFIGS = Path(__file__).parent / "data" / "configs"
@@ -285,12 +287,11 @@ def test_cli_json(runner: CliRunner, tmp_path: Path) -> None:
 
 def test_plan_json_flows_into_the_engine_builder(tmp_path: Path) -> None:
     """The engine builder's plan reader takes the planner's JSON unchanged."""
-    settings = pytest.importorskip("trtbuild.builder.settings")
     p = plan("llama-3.1-70b", "h100-sxm", gpus_per_node=2, quant="fp8", kv_cache_dtype="fp8",
              concurrency=32)  # fmt: skip
     path = tmp_path / "plan.json"
     path.write_text(p.model_dump_json())
-    loaded = settings.load_plan(path)
+    loaded = read_plan(path)
     assert (loaded.tp, loaded.pp, loaded.quant, loaded.kv_cache_dtype) == (p.tp, p.pp, "fp8", "fp8")
     assert loaded.dtype == "bfloat16" and loaded.gpu == "h100-sxm"
     assert (loaded.max_batch_size, loaded.max_num_tokens) == (p.max_batch_size, p.max_num_tokens)

@@ -186,3 +186,30 @@ def test_run_of_a_program_that_cannot_run_is_a_user_error(tmp_path: Path) -> Non
     plain.write_text("not a program\n")
     with pytest.raises(SpecError, match="cannot run .*tool: Permission denied; make it executable"):
         proc.run([str(plain)], quiet=True)
+
+
+def test_a_whole_environment_replaces_the_inherited_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TRTBUILD_INHERITED", "yes")
+    script = "import os; print(os.environ.get('TRTBUILD_INHERITED'), os.environ.get('ONLY'))"
+    whole = {"ONLY": "1", "PATH": os.environ["PATH"]}
+    result = proc.run([sys.executable, "-c", script], env=whole, inherit_env=False, quiet=True)
+    assert result.output.split() == ["None", "1"]
+    merged = proc.run([sys.executable, "-c", script], env={"ONLY": "2"}, quiet=True)
+    assert merged.output.split() == ["yes", "2"]
+
+
+def test_no_other_module_starts_processes() -> None:
+    """Every child goes through proc: announced, redacted, its errors mapped to the exit codes."""
+    root = Path(__file__).resolve().parents[1]
+    sources = [
+        p
+        for folder in ("trtbuild", "builder", "ensembles", "scripts")
+        for p in (root / folder).rglob("*.py")
+        if p != root / "trtbuild" / "proc.py"
+    ]
+    offenders = [
+        str(p.relative_to(root))
+        for p in sources
+        if "import subprocess" in p.read_text() or "os.system(" in p.read_text()
+    ]
+    assert sources and offenders == []

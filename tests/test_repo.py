@@ -22,9 +22,10 @@ from tests.repo_fakes import (
 )
 from trtbuild.builder.manifest import RuntimeInfo
 from trtbuild.errors import IncompatibleArtifact, OutputExists, SpecError
-from trtbuild.repo import build_repo_spec, make_repository, tokenizer_ids
+from trtbuild.repo import build_repo_spec, make_repository
 from trtbuild.repository import SPEC_FILE, load_configs, read_repo_spec, render_repository
 from trtbuild.specs import RepoOptions, RepoSpec
+from trtbuild.tokens import tokenizer_ids
 
 GOLDEN = Path(__file__).parent / "golden"
 NOWHERE = RuntimeInfo()  # nothing detected: no GPU, no TensorRT-LLM (as on this machine)
@@ -219,7 +220,7 @@ def test_refuses_world_size_that_does_not_match_the_rank_files(
     tmp_path: Path, llama3_tokenizer: Path
 ) -> None:
     engine = write_trtllm_engine(tmp_path / "e", tp=2, ranks=1, tokenizer=llama3_tokenizer)
-    _refused(SpecError, r"1 rank engine file\(s\) for world size 2 .*rebuild", engine,
+    _refused(SpecError, r"\(world size 2\) but its directory holds 1 rank engine file\(s\).*rebuild", engine,
              tmp_path / "repo")  # fmt: skip
 
 
@@ -416,3 +417,49 @@ def test_the_spec_round_trips(tmp_path: Path, llama3_tokenizer: Path) -> None:
     again = render_repository(RepoSpec.model_validate(result.spec.model_dump()), tmp_path / "r2")
     for path in result.path.rglob("config.pbtxt"):
         assert path.read_text() == (again / path.relative_to(result.path)).read_text()
+
+
+# -- trtbuild repo --spec: a saved spec rendered again -------------------------------------------------
+def test_a_saved_spec_renders_again_with_overrides(
+    tmp_path: Path, llama3_tokenizer: Path, runner: CliRunner
+) -> None:
+    """The templates say "edit the spec (trtbuild-repo.json) and re-render": --spec does that,
+    without the engine directory (here: moved away)."""
+    engine = write_trtllm_engine(tmp_path / "engine", tp=2, tokenizer=llama3_tokenizer)
+    first = make_repository(RepoOptions(engine_dir=engine, out=tmp_path / "repo")).path
+    moved = engine.rename(tmp_path / "elsewhere")
+    result = runner.invoke(
+        trtbuild_main,
+        [
+            "repo",
+            "--spec",
+            str(first / SPEC_FILE),
+            "--out",
+            str(tmp_path / "again"),
+            "--no-streaming",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    again = read_repo_spec(tmp_path / "again")
+    assert again == read_repo_spec(first).model_copy(update={"streaming": False})
+    assert (
+        load_configs(tmp_path / "again")["tensorrt_llm"].model_transaction_policy.decoupled is False
+    )
+    # an edited spec is rendered as edited (and checked: a bad edit is refused, nothing written)
+    data = json.loads((first / SPEC_FILE).read_text())
+    data["spec"]["limits"]["max_batch_size"] = 999
+    (first / SPEC_FILE).write_text(json.dumps(data))
+    bad = runner.invoke(
+        trtbuild_main, ["repo", "--spec", str(first), "--out", str(tmp_path / "bad")]
+    )
+    assert bad.exit_code == 2 and "max_batch_size 999 exceeds the engine's 64" in bad.stderr
+    assert not (tmp_path / "bad").exists()
+    assert moved.is_dir()
+
+
+def test_spec_and_engine_dir_are_one_or_the_other(tmp_path: Path, runner: CliRunner) -> None:
+    result = runner.invoke(trtbuild_main, ["repo", "--out", str(tmp_path / "r")])
+    assert result.exit_code == 2
+    assert result.stderr == (
+        "Error: give an engine directory or --spec FILE (a saved trtbuild-repo.json), one of them\n"
+    )

@@ -283,7 +283,9 @@ def test_serving_world_size_2_without_mpirun_names_the_container(
                              tmp_path / "repo")  # fmt: skip
     real_which = server.shutil.which
     monkeypatch.setattr(
-        server.shutil, "which", lambda name: None if name == "mpirun" else real_which(name)
+        server.shutil,
+        "which",
+        lambda name, **kw: None if name == "mpirun" else real_which(name, **kw),
     )
     with pytest.raises(ToolNotFound, match=r"mpirun not found.*world size 2.*trtllm-python-py3"):
         TritonServer(ServeSpec(repo=repo))

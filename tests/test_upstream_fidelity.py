@@ -168,7 +168,6 @@ def test_tensorrtllm_repository_declares_every_tensor_as_upstream(
 
 
 def test_portable_repository_speaks_upstreams_newest_contract(tmp_path: Path) -> None:
-    from trtbuild.builder.portable import prepare_portable_engine  # noqa: F401 - the API exists
     from trtbuild.specs import RepoSpec
 
     spec = RepoSpec(engine_dir=tmp_path, tokenizer_dir=tmp_path, end_id=2, pad_id=0)

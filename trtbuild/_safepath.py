@@ -60,7 +60,7 @@ def unsafe_path_findings(repo: Path) -> list[Finding]:
     parser reports it).
     """
     from trtbuild.errors import TrtbuildError
-    from trtbuild.repository import parse_config
+    from trtbuild.files.model_config import parse_config
 
     repo = Path(repo)
     findings: list[Finding] = []

@@ -24,7 +24,7 @@ It never starts a server and never imports the model code.
 
 from __future__ import annotations
 
-import json
+import contextlib
 import re
 from collections import Counter
 from dataclasses import dataclass
@@ -32,13 +32,25 @@ from pathlib import Path
 from typing import Any
 
 from trtbuild._safepath import unsafe_path_findings
+from trtbuild.builder.manifest import MANIFEST, read_manifest
+from trtbuild.engine_info import tensorrtllm_info
+from trtbuild.ensembles import kind_for
+from trtbuild.ensembles._rules import RepoView
+from trtbuild.ensembles._rules import findings as rule_findings
+from trtbuild.ensembles._wiring import duplicate_findings, ensemble_findings
 from trtbuild.ensembles.upstream import LINES, Placeholder, facts, line_for
-from trtbuild.errors import RuntimeFailure, SpecError
+from trtbuild.errors import RuntimeFailure, SpecError, TrtbuildError
+from trtbuild.files.hf import HF_QUANT_CONFIG, read_hf_quant_config
+from trtbuild.files.model_config import ModelFile as _Model
+from trtbuild.files.model_config import read_model_files
+from trtbuild.files.repo_spec import SPEC_FILE, read_repo_spec
+from trtbuild.files.trtllm import try_engine_config
 from trtbuild.findings import REPOSITORY, Finding, errors, summary
-from trtbuild.specs import CheckOptions, RepoSpec
+from trtbuild.specs import CheckOptions, EngineInfo, RepoSpec, Runtime
+from trtbuild.tokens import tokenizer_ids
+from trtbuild.vocab import VOCABULARY_FILES
 
 PLACEHOLDER = re.compile(r"\$\{([^}]*)\}")
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
 GPT_MODEL_TYPES = ("V1", "v1", "inflight_batching", "inflight_fused_batching")
 REPO = REPOSITORY
 
@@ -73,24 +85,6 @@ def run_check(options: CheckOptions) -> CheckResult:
     return CheckResult(Path(options.repo), ordered, options.strict)
 
 
-@dataclass
-class _Model:
-    name: str
-    dir: Path
-    text: str
-    config: Any  # ModelConfig, or None when it does not parse
-
-    @property
-    def params(self) -> dict[str, str]:
-        if self.config is None:
-            return {}
-        return {k: v.string_value for k, v in self.config.parameters.items()}
-
-    @property
-    def decoupled(self) -> bool:
-        return bool(self.config is not None and self.config.model_transaction_policy.decoupled)
-
-
 # -- entry point ------------------------------------------------------------------------------------
 def check_repository(options: CheckOptions) -> list[Finding]:
     """Every finding for ``options.repo`` (empty: clean). Raises ``SpecError`` for a directory
@@ -98,23 +92,20 @@ def check_repository(options: CheckOptions) -> list[Finding]:
     repo = Path(options.repo)
     if not repo.is_dir():
         raise SpecError(f"{repo} is not a directory; pass a Triton model repository")
-    paths = sorted(repo.glob("*/config.pbtxt"))
-    if not paths:
+    files = read_model_files(repo)
+    if not files:
         raise SpecError(
             f"{repo} holds no */config.pbtxt; pass a Triton model repository (render one with "
             "'trtbuild repo')"
         )
     findings: list[Finding] = []
     models: dict[str, _Model] = {}
-    for path in paths:
-        model, found = _load(repo, path)
+    for model in files:
         models[model.name] = model
-        findings += found
+        findings += _file_findings(model)
     spec, spec_findings = _saved_spec(repo)
     findings += spec_findings
     if spec is not None:
-        from trtbuild.ensembles import kind_for
-
         for missing in (m for m in kind_for(spec).MODELS if m not in models):
             findings.append(
                 Finding(missing, "is missing from the repository", "re-render with 'trtbuild repo'")
@@ -124,17 +115,18 @@ def check_repository(options: CheckOptions) -> list[Finding]:
         parsed, unparsed={n for n, m in models.items() if m.config is None}
     )
     core = _core(models)
-    findings += _decoupled_findings(models, core, spec)
     engine = Path(options.engine) if options.engine is not None else None
-    findings += _batch_findings(models, core, engine)
+    findings += _batch_size_findings(models, core)
     if core is not None and core.config is not None:
+        findings += _spec_mismatch_findings(core, spec)
         backend = core.config.backend
         if backend == "tensorrtllm":
             findings += _backend_parameter_findings(core, spec)
         if backend == "tensorrtllm" or "gpt_model_path" in core.params:
-            findings += _engine_findings(core, engine, spec)
+            findings += _engine_findings(core, engine)
         elif _is_llmapi(core):
             findings += _llmapi_findings(core, engine, models)
+        findings += rule_findings(_view(models, core, engine, spec))
         findings += _echo_findings(core, spec, models)
     findings += _tokenizer_findings(models)
     findings += unsafe_path_findings(repo)
@@ -142,31 +134,22 @@ def check_repository(options: CheckOptions) -> list[Finding]:
 
 
 # -- parsing ----------------------------------------------------------------------------------------
-def _load(repo: Path, path: Path) -> tuple[_Model, list[Finding]]:
-    from google.protobuf import text_format
-    from tritonclient.grpc import model_config_pb2
-
-    name = path.parent.name
-    rel = path.relative_to(repo).as_posix()
-    text = path.read_text(errors="replace")
-    findings = _placeholder_findings(name, rel, text)
-    config = model_config_pb2.ModelConfig()
-    try:
-        text_format.Parse(text, config)
-    except text_format.ParseError as exc:
+def _file_findings(model: _Model) -> list[Finding]:
+    """What one config.pbtxt gets wrong on its own: placeholders, syntax, duplicates, its name."""
+    name, rel, config = model.name, model.rel, model.config
+    findings = _placeholder_findings(name, rel, model.text)
+    if config is None:
         if not findings:  # a placeholder already explains why it does not parse
             findings.append(
                 Finding(
                     name,
-                    f"{rel} is not a valid Triton model config: {exc}",
+                    f"{rel} is not a valid Triton model config: {model.error}",
                     "correct the syntax at that line",
                 )
             )
-        return _Model(name, path.parent, text, None), findings
-    from trtbuild.ensembles._wiring import duplicate_findings
-
+        return findings
     findings += duplicate_findings(name, config)
-    for key, count in Counter(parameter_keys(text)).items():
+    for key, count in Counter(parameter_keys(model.text)).items():
         if count > 1:
             findings.append(
                 Finding(
@@ -184,7 +167,7 @@ def _load(repo: Path, path: Path) -> tuple[_Model, list[Finding]]:
                 f"name it {name!r} or rename the directory",
             )
         )
-    return _Model(name, path.parent, text, config), findings
+    return findings
 
 
 def _placeholder_findings(name: str, rel: str, text: str) -> list[Finding]:
@@ -301,23 +284,18 @@ def parameter_keys(text: str) -> list[str]:
 
 
 def _saved_spec(repo: Path) -> tuple[RepoSpec | None, list[Finding]]:
-    from pydantic import ValidationError
-
-    from trtbuild.repository import SPEC_FILE, read_repo_spec
-
     if not (repo / SPEC_FILE).is_file():
         return None, []
     try:
         spec = read_repo_spec(repo)
-    except (ValidationError, ValueError, KeyError) as exc:
+    except SpecError as exc:
         return None, [
             Finding(
                 REPO,
-                f"{SPEC_FILE} does not validate ({type(exc).__name__})",
+                f"{SPEC_FILE} does not validate ({exc.message})",
                 "re-render the repository with this trtbuild ('trtbuild repo')",
             )
         ]
-    from trtbuild.ensembles import kind_for
 
     findings = [
         Finding(REPO, f"{SPEC_FILE}: {f.message}", f"{f.fix}, and re-render", f.severity)
@@ -359,8 +337,6 @@ def _bls(models: dict[str, _Model]) -> list[_Model]:
 
 # -- rules ------------------------------------------------------------------------------------------
 def _wiring_findings(configs: dict[str, Any], *, unparsed: set[str]) -> list[Finding]:
-    from trtbuild.ensembles._wiring import ensemble_findings
-
     findings = []
     for name, config in configs.items():
         if config.platform != "ensemble":
@@ -371,45 +347,74 @@ def _wiring_findings(configs: dict[str, Any], *, unparsed: set[str]) -> list[Fin
     return findings
 
 
-def _decoupled_findings(
-    models: dict[str, _Model], core: _Model | None, spec: RepoSpec | None
-) -> list[Finding]:
-    findings: list[Finding] = []
-    if core is None or core.config is None:
-        return findings
-    for bls in _bls(models):
-        target = bls.params.get("tensorrt_llm_model_name") or core.name
-        if PLACEHOLDER.search(target):  # unfilled: the BLS falls back to "tensorrt_llm"
+def _view(
+    models: dict[str, _Model], core: _Model, engine: Path | None, spec: RepoSpec | None
+) -> RepoView:
+    """The shared rules' view of a repository's configs (and the engine they point at)."""
+    assert core.config is not None
+    params = core.params
+    runtime: Runtime | None = None
+    info: EngineInfo | None = None
+    engine_dir = engine if engine is not None else _param_path(core, "gpt_model_path")
+    if core.config.backend == "tensorrtllm":
+        runtime = "tensorrtllm"
+        if engine_dir is not None and try_engine_config(engine_dir) is not None:
+            info = tensorrtllm_info(engine_dir)
+    elif _is_llmapi(core):
+        runtime = "llmapi"
+    elif "model_dir" in params:
+        runtime = "torch"
+    bls = {}
+    for model in _bls(models):
+        target = model.params.get("tensorrt_llm_model_name") or core.name
+        if PLACEHOLDER.search(target):  # unfilled: upstream's BLS falls back to "tensorrt_llm"
             target = "tensorrt_llm"
-        if bls.decoupled and target == core.name and not core.decoupled:
-            findings.append(
-                Finding(
-                    bls.name,
-                    f"streams (decoupled: true) but {core.name} is not decoupled: every streamed "
-                    f"request fails in {core.name} ('Streaming is only supported if model is "
-                    "deployed using decoupled mode')",
-                    f"set model_transaction_policy {{ decoupled: true }} in {core.name} too "
-                    "(trtbuild repo --streaming sets both)",
-                )
+        if target == core.name:
+            bls[model.name] = model.decoupled
+    groups_text = params.get("gpu_device_ids", "")
+    groups: tuple[tuple[int, ...], ...] = ()
+    if groups_text and not PLACEHOLDER.search(groups_text):
+        with contextlib.suppress(ValueError):
+            groups = tuple(
+                tuple(int(x) for x in g.split(",") if x.strip())
+                for g in groups_text.split(";")
+                if g.strip()
             )
-    if spec is not None and spec.streaming != core.decoupled:
-        findings.append(
-            Finding(
-                core.name,
-                f"trtbuild-repo.json says streaming {str(spec.streaming).lower()} but config.pbtxt "
-                f"has decoupled {str(core.decoupled).lower()}",
-                "re-render with 'trtbuild repo --streaming' (or --no-streaming) instead of "
-                "editing config.pbtxt",
-                "warning",
-            )
+    beam = params.get("max_beam_width", "")
+    reuse = params.get("enable_kv_cache_reuse", "").lower()
+    return RepoView(
+        source="configs",
+        runtime=runtime,
+        core=core.name,
+        core_decoupled=core.decoupled,
+        bls_decoupled=bls,
+        target_version=spec.engine.trtllm_version if spec is not None and spec.engine else None,
+        gpu_device_ids=groups,
+        core_instances=sum(g.count for g in core.config.instance_group) or 1,
+        max_batch_size=core.config.max_batch_size if runtime == "tensorrtllm" else None,
+        max_beam_width=int(beam) if beam.isdigit() else None,
+        kv_cache_reuse=reuse == "true" if reuse in ("true", "false") else None,
+        engine=info,
+        engine_dir=engine_dir,
+    )
+
+
+def _spec_mismatch_findings(core: _Model, spec: RepoSpec | None) -> list[Finding]:
+    if spec is None or spec.streaming == core.decoupled:
+        return []
+    return [
+        Finding(
+            core.name,
+            f"trtbuild-repo.json says streaming {str(spec.streaming).lower()} but config.pbtxt "
+            f"has decoupled {str(core.decoupled).lower()}",
+            "re-render with 'trtbuild repo --streaming' (or --no-streaming) instead of "
+            "editing config.pbtxt",
+            "warning",
         )
-    return findings
+    ]
 
 
-def _batch_findings(
-    models: dict[str, _Model], core: _Model | None, engine: Path | None
-) -> list[Finding]:
-    findings: list[Finding] = []
+def _batch_size_findings(models: dict[str, _Model], core: _Model | None) -> list[Finding]:
     llm_models = [
         m
         for m in models.values()
@@ -422,32 +427,18 @@ def _batch_findings(
         )
     ]
     sizes = {m.name: m.config.max_batch_size for m in llm_models}
-    if len(set(sizes.values())) > 1:
-        listed = ", ".join(f"{n} {s}" for n, s in sizes.items())
-        findings.append(
-            Finding(
-                REPO,
-                f"max_batch_size differs between models: {listed}",
-                "use one value in every config.pbtxt (fill_template.py's triton_max_batch_size), "
-                "at most the engine's build_config.max_batch_size",
-                "warning",
-            )
+    if len(set(sizes.values())) <= 1:
+        return []
+    listed = ", ".join(f"{n} {s}" for n, s in sizes.items())
+    return [
+        Finding(
+            REPO,
+            f"max_batch_size differs between models: {listed}",
+            "use one value in every config.pbtxt (fill_template.py's triton_max_batch_size), "
+            "at most the engine's build_config.max_batch_size",
+            "warning",
         )
-    if core is not None and core.config is not None and core.config.backend == "tensorrtllm":
-        engine_dir = engine or _param_path(core, "gpt_model_path")
-        config = _engine_config(engine_dir) if engine_dir is not None else None
-        built = (config or {}).get("build_config", {}).get("max_batch_size")
-        if isinstance(built, int) and core.config.max_batch_size > built:
-            findings.append(
-                Finding(
-                    core.name,
-                    f"max_batch_size {core.config.max_batch_size} exceeds the engine's "
-                    f"build_config.max_batch_size {built}",
-                    f"set max_batch_size <= {built} in every model, or rebuild the engine with "
-                    "a larger --max-batch-size",
-                )
-            )
-    return findings
+    ]
 
 
 def _param_path(model: _Model, key: str) -> Path | None:
@@ -455,15 +446,6 @@ def _param_path(model: _Model, key: str) -> Path | None:
     if not value or PLACEHOLDER.search(value):
         return None
     return Path(value)
-
-
-def _engine_config(engine_dir: Path) -> dict[str, Any] | None:
-    from trtbuild.repo import read_engine_config
-
-    try:
-        return read_engine_config(engine_dir) if engine_dir.is_dir() else None
-    except SpecError:
-        return None
 
 
 def _backend_parameter_findings(core: _Model, spec: RepoSpec | None) -> list[Finding]:
@@ -496,10 +478,8 @@ def _backend_parameter_findings(core: _Model, spec: RepoSpec | None) -> list[Fin
     return findings
 
 
-def _engine_findings(core: _Model, engine: Path | None, spec: RepoSpec | None) -> list[Finding]:
+def _engine_findings(core: _Model, engine: Path | None) -> list[Finding]:
     """TensorRT-LLM's C++ (or Python) backend: the engine directory and the core parameters."""
-    from trtbuild.repo import rank_engine_files
-
     findings: list[Finding] = []
     params = core.params
     model_type = params.get("gpt_model_type")
@@ -528,8 +508,7 @@ def _engine_findings(core: _Model, engine: Path | None, spec: RepoSpec | None) -
             )
         )
         return findings
-    config = _engine_config(engine_dir)
-    if config is None:
+    if try_engine_config(engine_dir) is None:
         findings.append(
             Finding(
                 core.name,
@@ -538,63 +517,6 @@ def _engine_findings(core: _Model, engine: Path | None, spec: RepoSpec | None) -
             )
         )
         return findings
-    mapping = config["pretrained_config"].get("mapping") or {}
-    tp, pp = int(mapping.get("tp_size", 1)), int(mapping.get("pp_size", 1))
-    world = int(mapping.get("world_size", tp * pp))
-    ranks = rank_engine_files(engine_dir)
-    if world != tp * pp or ranks != world:
-        findings.append(
-            Finding(
-                core.name,
-                f"the engine is TP {tp} x PP {pp} (world size {world}) but {engine_dir} holds "
-                f"{ranks} rank engine file(s); MPI world size, TP x PP and rank{{N}}.engine "
-                "must all agree",
-                "rebuild the engine completely ('trtbuild engine'), and launch one MPI rank "
-                "per engine file ('trtbuild serve' does)",
-            )
-        )
-    groups = [g for g in params.get("gpu_device_ids", "").split(";") if g.strip()]
-    count = sum(group.count for group in core.config.instance_group) if core.config else 1
-    if groups and not PLACEHOLDER.search(params["gpu_device_ids"]) and count != len(groups):
-        findings.append(
-            Finding(
-                core.name,
-                f"gpu_device_ids lists {len(groups)} instance(s) but instance_group has {count}",
-                f"set instance_group count to {len(groups)} (one GPU set per instance)",
-            )
-        )
-    for index, group in enumerate(groups):
-        size = len([x for x in group.split(",") if x.strip()])
-        if not PLACEHOLDER.search(group) and size != world:
-            findings.append(
-                Finding(
-                    core.name,
-                    f"gpu_device_ids instance {index} lists {size} GPU(s) for a TP x PP = "
-                    f"{world} engine",
-                    f'list {world} GPU(s) per instance, e.g. "{",".join(map(str, range(world)))}"',
-                )
-            )
-    beam = params.get("max_beam_width", "1")
-    built_beam = config["build_config"].get("max_beam_width", 1)
-    if beam.isdigit() and isinstance(built_beam, int) and int(beam) > built_beam:
-        findings.append(
-            Finding(
-                core.name,
-                f"max_beam_width {beam} exceeds the engine's {built_beam}",
-                f"set max_beam_width <= {built_beam}",
-            )
-        )
-    if spec is not None and spec.engine is not None:
-        built_version = config.get("version")
-        if spec.engine.trtllm_version and built_version != spec.engine.trtllm_version:
-            findings.append(
-                Finding(
-                    core.name,
-                    f"the engine is now TensorRT-LLM {built_version} but the repository was "
-                    f"rendered for {spec.engine.trtllm_version}",
-                    "re-render the repository with 'trtbuild repo' for this engine",
-                )
-            )
     return findings
 
 
@@ -650,14 +572,7 @@ def _llmapi_findings(core: _Model, engine: Path | None, models: dict[str, _Model
         return findings
     kv = str((args.get("kv_cache_config") or {}).get("dtype", "auto")).lower()
     if kv in ("fp8", "int8"):
-        from trtbuild.repo import HF_QUANT_CONFIG
-
-        quant = (_json(model_dir / HF_QUANT_CONFIG) or {}).get("quantization") or {}
-        manifest = _json(model_dir / "trtbuild-engine.json") or {}
-        built = {
-            str(quant.get("kv_cache_quant_algo") or "").lower(),
-            str((manifest.get("quantization") or {}).get("kv_cache") or "").lower(),
-        }
+        built = _kv_cache_dtypes(model_dir)
         if kv not in built:
             findings.append(
                 Finding(
@@ -713,8 +628,6 @@ def _echo_findings(core: _Model, spec: RepoSpec | None, models: dict[str, _Model
 
 
 def _tokenizer_findings(models: dict[str, _Model]) -> list[Finding]:
-    from trtbuild.repo import tokenizer_ids
-
     findings: list[Finding] = []
     for name in ("preprocessing", "postprocessing"):
         model = models.get(name)
@@ -733,11 +646,11 @@ def _tokenizer_findings(models: dict[str, _Model]) -> list[Finding]:
         if PLACEHOLDER.search(value):
             continue  # reported as an unfilled placeholder
         directory = Path(value)
-        if not any((directory / f).is_file() for f in TOKENIZER_FILES):
+        if not any((directory / f).is_file() for f in VOCABULARY_FILES):
             findings.append(
                 Finding(
                     name,
-                    f"tokenizer_dir {directory} has no tokenizer files ({', '.join(TOKENIZER_FILES)}"
+                    f"tokenizer_dir {directory} has no tokenizer files ({', '.join(VOCABULARY_FILES)}"
                     "), so end_id/pad_id and the text cannot be produced",
                     "point tokenizer_dir at the model's Hugging Face tokenizer directory",
                 )
@@ -772,12 +685,17 @@ def _tokenizer_findings(models: dict[str, _Model]) -> list[Finding]:
     return findings
 
 
-def _json(path: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
+def _kv_cache_dtypes(model_dir: Path) -> set[str]:
+    """The KV-cache dtypes a checkpoint was made with: ModelOpt's hf_quant_config.json, and
+    trtbuild's manifest. Unreadable files say nothing (other findings report them)."""
+    built: set[str] = set()
+    with contextlib.suppress(TrtbuildError):
+        quant = (read_hf_quant_config(model_dir) or {}).get("quantization") or {}
+        built.add(str(quant.get("kv_cache_quant_algo") or "").lower())
+    if (model_dir / MANIFEST).is_file():
+        with contextlib.suppress(TrtbuildError):
+            built.add(str(read_manifest(model_dir).quantization.kv_cache or "").lower())
+    return built - {""}
 
 
 __all__ = [

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from trtbuild._atomic import check_writable
 from trtbuild._safepath import check_safe_path
-from trtbuild.builder.portable import prepare_portable_engine
+from trtbuild.builder.engine import prepare_portable_engine
 from trtbuild.client import Client, Generation
 from trtbuild.repository import render_repository
 from trtbuild.server import TritonServer

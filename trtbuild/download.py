@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import errno
 import fnmatch
-import hashlib
 import os
 import re
 import shutil
@@ -29,11 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field
-
-from trtbuild import __version__
 from trtbuild._atomic import atomic_dir
-from trtbuild._jsonfile import load_json_object
 from trtbuild.errors import (
     OutputExists,
     RuntimeFailure,
@@ -42,26 +37,21 @@ from trtbuild.errors import (
     UserError,
     redact,
 )
-from trtbuild.model_facts import CHECKPOINT_MANIFEST, ModelFacts, facts_from_config
-from trtbuild.specs import DownloadSpec, StrictModel
-
-MANIFEST_FORMAT = 1
-_HASH_CHUNK = 8 * 2**20
+from trtbuild.files.checkpoint_manifest import (
+    CHECKPOINT_MANIFEST,
+    CheckpointManifest,
+    FileEntry,
+    checkpoint_facts,
+    read_checkpoint_manifest,
+    write_checkpoint_manifest,
+)
+from trtbuild.files.hf import file_sha256, snapshot_dir
+from trtbuild.model_facts import ModelFacts
+from trtbuild.specs import DownloadSpec
+from trtbuild.vocab import TOKENIZER_FILES
 
 # Top-level files serving needs besides the weights.
 CONFIG_FILES = ("config.json", "generation_config.json", "hf_quant_config.json")
-TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "tokenizer.model",
-    "vocab.json",
-    "merges.txt",
-    "added_tokens.json",
-    "chat_template.json",
-    "chat_template.jinja",
-    "*.tiktoken",
-)
 _REPO_ID = re.compile(r"^(?:[A-Za-z0-9][\w.-]*/)?[A-Za-z0-9][\w.-]*$")
 
 
@@ -71,29 +61,6 @@ class HubUnreachable(RuntimeFailure):
 
 class InsufficientDisk(UserError):
     """Not enough free space where the files go."""
-
-
-class FileEntry(StrictModel):
-    path: str
-    size: int = Field(ge=0)
-    sha256: str
-
-
-class CheckpointManifest(StrictModel):
-    """``trtbuild-checkpoint.json``: what this directory holds and where it came from."""
-
-    format: int = MANIFEST_FORMAT
-    repo_id: str | None = Field(description="owner/name on the Hub; None for a local checkpoint")
-    revision: str | None = Field(description="what was asked for (branch, tag or commit)")
-    commit: str | None = Field(description="the commit every file came from")
-    source_dir: str | None = Field(None, description="where a local checkpoint was read from")
-    files: list[FileEntry]
-    model: ModelFacts
-    trtbuild_version: str = __version__
-
-    @property
-    def total_bytes(self) -> int:
-        return sum(f.size for f in self.files)
 
 
 @dataclass(frozen=True)
@@ -171,43 +138,9 @@ def _note(message: str) -> None:
 
 
 # -- files, hashes and the manifest -----------------------------------------------------------------
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_HASH_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def read_manifest(directory: Path) -> CheckpointManifest | None:
-    """The manifest in ``directory``, or None if there is none (an incomplete or foreign dir)."""
-    path = Path(directory) / CHECKPOINT_MANIFEST
-    if not path.is_file():
-        return None
-    try:
-        return CheckpointManifest.model_validate_json(path.read_text())
-    except ValueError:
-        return None
-
-
-def _write_manifest(directory: Path, manifest: CheckpointManifest) -> None:
-    target = directory / CHECKPOINT_MANIFEST
-    tmp = directory / f".{CHECKPOINT_MANIFEST}.tmp"
-    tmp.write_text(manifest.model_dump_json(indent=2) + "\n")
-    os.replace(tmp, target)
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    return load_json_object(path, fix="fix or replace it (a transformers checkpoint's own file)")
-
-
 def _facts(directory: Path, name: str) -> ModelFacts:
-    quant = directory / "hf_quant_config.json"
-    return facts_from_config(
-        _read_json(directory / "config.json"),
-        name=name,
-        hf_quant_config=_read_json(quant) if quant.is_file() else None,
-    )
+    facts = checkpoint_facts(directory)
+    return facts.model_copy(update={"name": name})
 
 
 def _entries(
@@ -233,7 +166,7 @@ def _entries(
                 f"{path} has {size:,} bytes, the Hub says {expected_size[name]:,}; delete it and run again."
             )
         old = reuse.get(name)
-        digest = old.sha256 if old and old.size == size else sha256_file(path)
+        digest = old.sha256 if old and old.size == size else file_sha256(path, trust_hub_blob=False)
         if name in expected_sha256 and digest != expected_sha256[name]:
             raise RuntimeFailure(
                 f"{path} does not match the Hub's sha256; delete it and run again."
@@ -299,8 +232,8 @@ def _adopt_local(source: Path, spec: DownloadSpec) -> DownloadResult:
         )
 
     if spec.local_dir is None:
-        manifest = manifest_for(source, read_manifest(source))
-        _write_manifest(source, manifest)
+        manifest = manifest_for(source, read_checkpoint_manifest(source))
+        write_checkpoint_manifest(source, manifest)
         return DownloadResult(source, manifest)
     out = spec.local_dir.expanduser()
     _check_space(out.parent, sum((source / f).stat().st_size for f in files))
@@ -309,7 +242,7 @@ def _adopt_local(source: Path, spec: DownloadSpec) -> DownloadResult:
             (tmp / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source / name, tmp / name)
         manifest = manifest_for(tmp, None)
-        _write_manifest(tmp, manifest)
+        write_checkpoint_manifest(tmp, manifest)
     return DownloadResult(out, manifest)
 
 
@@ -346,8 +279,8 @@ def _from_hub(spec: DownloadSpec) -> DownloadResult:
             api, repo_id, revision, cache_dir, local_dir, offline
         )
         files = select_files(expected_size, all_weights=spec.all_weights)
-        target = local_dir or _snapshot_dir(cache_dir, repo_id, commit)
-        known = read_manifest(target)
+        target = local_dir or snapshot_dir(cache_dir, repo_id, commit)
+        known = read_checkpoint_manifest(target)
         if known is not None:  # a new run is not complete until it writes its own manifest
             (target / CHECKPOINT_MANIFEST).unlink()
             if known.commit != commit:
@@ -376,12 +309,8 @@ def _from_hub(spec: DownloadSpec) -> DownloadResult:
         files=entries,
         model=_facts(directory, repo_id),
     )
-    _write_manifest(directory, manifest)
+    write_checkpoint_manifest(directory, manifest)
     return DownloadResult(directory, manifest)
-
-
-def _snapshot_dir(cache_dir: Path, repo_id: str, commit: str) -> Path:
-    return cache_dir / f"models--{repo_id.replace('/', '--')}" / "snapshots" / commit
 
 
 def _remote_listing(
@@ -398,7 +327,7 @@ def _remote_listing(
                 repo_id, revision=revision, cache_dir=cache_dir, local_dir=local_dir
             )
         except CachedRepoTreeNotFoundError:  # cached by an older client: list the files themselves
-            folder = local_dir or _snapshot_dir(cache_dir, repo_id, revision.resolved)
+            folder = local_dir or snapshot_dir(cache_dir, repo_id, revision.resolved)
             if not folder.is_dir():
                 raise
             found = [p for p in folder.rglob("*") if p.is_file() and ".cache" not in p.parts]

@@ -24,8 +24,9 @@ def first_error(exc: Exception) -> str:
     errors = getattr(exc, "errors", None)
     if callable(errors) and errors():
         first = errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "input"
-        return f"{where}: {first['msg']}"
+        message = str(first["msg"]).removeprefix("Value error, ")
+        where = ".".join(str(p) for p in first["loc"])
+        return f"{where}: {message}" if where else message
     return str(exc)
 
 

@@ -35,6 +35,7 @@ import re
 import shutil
 from dataclasses import dataclass
 
+from trtbuild import vocab
 from trtbuild.errors import SpecError, TrtbuildError
 from trtbuild.specs import StrictModel
 
@@ -69,7 +70,7 @@ class GpuSpec(StrictModel):
     @property
     def supports_fp8(self) -> bool:
         """FP8 tensor cores exist from Ada (SM 89) and Hopper (SM 90) on."""
-        return self.sm >= 89
+        return vocab.supports_fp8(self.sm)
 
     @property
     def memory_bytes(self) -> int:

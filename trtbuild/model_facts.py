@@ -1,8 +1,7 @@
 """What the planner, the engine builder and the repository need to know about a model.
 
 ``facts_from_config`` turns a Hugging Face ``config.json`` (a dict) into ``ModelFacts``: pure, no IO.
-``load_model_facts`` is the edge: it reads a checkpoint directory, a ``config.json``, a
-``trtbuild-checkpoint.json`` or, offline, one of the well-known repo ids in ``_known_models``.
+``trtbuild.files.checkpoint_manifest.read_model_facts`` is the edge that reads them from disk.
 
 Parameter counts assume the decoder layout every supported family shares: q/k/v/o projections
 (plus q/k/v biases where the family has them), a gated MLP of three matrices (gate, up, down) or
@@ -14,16 +13,12 @@ published sizes: Llama-3.1-8B 8,030,261,248; Llama-3.1-70B 70,553,706,496; Mixtr
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field
 
-from trtbuild._jsonfile import load_json_object
 from trtbuild.errors import SpecError
 from trtbuild.specs import StrictModel
-
-CHECKPOINT_MANIFEST = "trtbuild-checkpoint.json"
 
 # Families whose q/k/v projections carry a bias (Qwen2 and its MoE; Llama-style configs say so with
 # ``attention_bias``).
@@ -269,43 +264,4 @@ def facts_from_config(
             else 0
         ),
         quantization=parse_quantization(config, hf_quant_config),
-    )
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    return load_json_object(path, fix="pass a Hugging Face config.json or checkpoint directory")
-
-
-def load_model_facts(source: str | Path) -> ModelFacts:
-    """Facts from a checkpoint dir, a config.json, or (offline) a well-known repo id."""
-    from trtbuild._known_models import KNOWN_CONFIGS
-
-    path = Path(source).expanduser()
-    if path.is_dir():
-        manifest = path / CHECKPOINT_MANIFEST
-        if manifest.is_file():
-            data = _read_json(manifest).get("model")
-            if isinstance(data, dict):
-                return ModelFacts.model_validate(data)
-        config = path / "config.json"
-        if not config.is_file():
-            raise SpecError(
-                f"{path} has no config.json; give a checkpoint directory or a config.json."
-            )
-        quant = path / "hf_quant_config.json"
-        return facts_from_config(
-            _read_json(config),
-            name=path.name,
-            hf_quant_config=_read_json(quant) if quant.is_file() else None,
-        )
-    if path.is_file():
-        return facts_from_config(_read_json(path), name=path.parent.name or path.stem)
-    known = {k.lower(): k for k in KNOWN_CONFIGS}
-    key = known.get(str(source).lower())
-    if key is not None:
-        return facts_from_config(KNOWN_CONFIGS[key], name=key)
-    raise SpecError(
-        f"{source} is not a checkpoint directory or config.json, nor a model trtbuild knows offline "
-        f"({', '.join(sorted(KNOWN_CONFIGS))}). Run 'trtbuild download {source}' first and pass "
-        "the directory it prints."
     )

@@ -3,7 +3,8 @@
 ``make_plan`` is pure (no files, no GPU detection): the same inputs give the same plan on any
 machine. Every number it uses is shown in ``Plan.arithmetic`` and every choice in ``Plan.reasons``.
 
-The order of choices is the one the field uses (see /work/shared/SEEDS.md):
+The order of choices (split the model when the model is the problem, add replicas when the
+traffic is):
 
 1. Fits on one GPU with room for the KV cache the target concurrency needs -> replicas only.
 2. Else the smallest tensor-parallel size inside one node (TP must divide the attention heads;
@@ -13,8 +14,9 @@ The order of choices is the one the field uses (see /work/shared/SEEDS.md):
 
 A layout must leave KV-cache room for its share of the target concurrency, not only hold the
 weights: 70B FP8 "fits" one 80 GB H100 but leaves ~8 GiB of KV, and TensorRT-LLM's published
-throughput for it collapses at long outputs (344 tok/s at 128/2048 vs 5,654 at TP2;
-painpoints_and_perf.md B1), so such a layout is rejected unless the KV for the target fits.
+throughput for it collapses at long outputs (344 tok/s at 128/2048 vs 5,654 at TP2, in
+TensorRT-LLM's published H100 performance tables), so such a layout is rejected unless the KV for
+the target fits.
 
 Estimates (labelled as such in the output): a fixed 2 GiB per GPU for the CUDA context and
 cuBLAS/TensorRT/NCCL workspaces; activations of ``max_num_tokens x (4 x hidden + 3 x MLP width / TP)``
@@ -26,21 +28,21 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal, cast
 
 from pydantic import Field
 
-from trtbuild.errors import SpecError, UserError, first_error
+from trtbuild.errors import SpecError, UserError
+from trtbuild.files.checkpoint_manifest import read_model_facts
 from trtbuild.gpus import GpuSpec, get_gpu, known_gpus
 from trtbuild.model_facts import ModelFacts, ParamCount
 from trtbuild.specs import PlanRequest, PlanSpec, RuntimeLimits, StrictModel
+from trtbuild.vocab import DEFAULT_MAX_NUM_TOKENS, SM_FP8
 
 GiB = 2**30
 RUNTIME_RESERVE_BYTES = 2 * GiB  # CUDA context, cuBLAS / TensorRT / NCCL workspaces (estimate)
 KV_CACHE_FREE_GPU_MEM_FRACTION = 0.9  # TensorRT-LLM's default kv_cache_free_gpu_mem_fraction
 TOKENS_PER_BLOCK = 32  # trtllm-build --tokens_per_block default: the KV cache is paged in blocks
-DEFAULT_MAX_NUM_TOKENS = 8192  # trtllm-build's default prefill token budget per step
 EFFICIENCY = 0.6  # fraction of the roofline a well-tuned deployment reaches (assumption, stated)
 AWQ_GROUP_SIZE = 128  # one fp16 scale per 128 int4 weights
 
@@ -226,7 +228,6 @@ class _Layout:
     linear_rank: float
     embedding_rank: int
     lm_head_rank: int
-    other_rank: int
     expert_bytes_rank: float
     runtime_reserve: int
     activation_bytes: int
@@ -295,11 +296,11 @@ def _resolve(facts: ModelFacts, gpu: GpuSpec, request: PlanRequest) -> _Ctx:
     for what, value in (("FP8 weights", quant), ("an FP8 KV cache", kv)):
         if value == "fp8" and not gpu.supports_fp8:
             raise SpecError(
-                f"{what} need SM >= 89 (Ada, Hopper, Blackwell); {gpu.name} is SM {gpu.sm}. "
+                f"{what} need SM >= {SM_FP8} (Ada, Hopper, Blackwell); {gpu.name} is SM {gpu.sm}. "
                 "Use --quant int8-sq or int4-awq, --kv-cache-dtype int8, or a newer GPU."
             )
     if quant == "fp8":
-        reasons.append(f"quant=fp8: {gpu.name} is SM {gpu.sm} (FP8 needs SM >= 89)")
+        reasons.append(f"quant=fp8: {gpu.name} is SM {gpu.sm} (FP8 needs SM >= {SM_FP8})")
     seq = request.max_input_len + request.max_output_len
     if seq > facts.max_position_embeddings:
         raise SpecError(
@@ -379,7 +380,6 @@ def _evaluate(ctx: _Ctx, tp: int, pp: int) -> _Layout:
         linear_rank=linear_rank,
         embedding_rank=embedding_rank,
         lm_head_rank=lm_head_rank,
-        other_rank=other,
         expert_bytes_rank=expert_bytes_rank,
         runtime_reserve=RUNTIME_RESERVE_BYTES,
         activation_bytes=activation,
@@ -898,23 +898,8 @@ def plan_table(plan: Plan) -> object:
 # -- the edge: the two helpers that read files ------------------------------------------------------
 def plan_from_spec(spec: PlanSpec) -> Plan:
     """Load the model facts ``spec.model`` names and plan for ``spec.gpu``."""
-    from trtbuild.model_facts import load_model_facts
 
-    return make_plan(load_model_facts(spec.model), get_gpu(spec.gpu), spec.request)
-
-
-def read_plan(path: Path) -> Plan:
-    """A ``trtbuild plan --json`` file, validated (engine and repo take ``--plan plan.json``)."""
-    from pydantic import ValidationError
-
-    try:
-        return Plan.model_validate_json(Path(path).read_text())
-    except FileNotFoundError as exc:
-        raise SpecError(
-            f"{path} not found; write one with 'trtbuild plan ... --json > {path}'."
-        ) from exc
-    except ValidationError as exc:
-        raise SpecError(f"{path} is not a trtbuild plan ({first_error(exc)}).") from exc
+    return make_plan(read_model_facts(spec.model), get_gpu(spec.gpu), spec.request)
 
 
-__all__ = ["Plan", "PlanDoesNotFit", "Step", "make_plan", "plan_from_spec", "read_plan"]
+__all__ = ["Plan", "PlanDoesNotFit", "Step", "make_plan", "plan_from_spec"]

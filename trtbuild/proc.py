@@ -78,17 +78,19 @@ def run(
     check: bool = True,
     what: str | None = None,
     timeout: float | None = None,
+    inherit_env: bool = True,
 ) -> Result:
     """Run ``argv`` to completion, capturing stdout+stderr together.
 
     ``env`` holds only the variables to add to the current environment; they are announced too.
+    With ``inherit_env=False`` it is the child's whole environment instead.
     """
     args = [str(a) for a in argv]
     if not quiet or dry_run:
         announce(args, env)
     if dry_run:
         return Result(args, 0, "")
-    full_env = {**os.environ, **env} if env else None
+    full_env = dict(env or {}) if not inherit_env else ({**os.environ, **env} if env else None)
     try:
         proc = subprocess.run(
             args,

@@ -17,226 +17,26 @@ run on the spec alone, at render time. ``make_repository`` then renders it atomi
 
 from __future__ import annotations
 
+import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from trtbuild._atomic import check_writable
-from trtbuild._jsonfile import load_json
+from trtbuild._safepath import check_safe_path
+from trtbuild.builder.manifest import MANIFEST, RuntimeInfo, check_compatible, detect_runtime
+from trtbuild.builder.manifest import read_manifest as read_engine_manifest
+from trtbuild.engine_info import checkpoint_info, layout_runtime, tensorrtllm_info
+from trtbuild.ensembles import kind_for
+from trtbuild.ensembles._rules import engine_kv_dtype
 from trtbuild.errors import IncompatibleArtifact, SpecError, first_error
+from trtbuild.files.hf import HF_QUANT_CONFIG
+from trtbuild.files.plan_file import read_plan
+from trtbuild.files.repo_spec import read_repo_spec, spec_path
+from trtbuild.repository import render_repository
 from trtbuild.specs import EngineInfo, RepoOptions, RepoSpec, Runtime, RuntimeLimits
-
-TOKENIZER_JSON = "tokenizer.json"
-# chat end tokens that end a turn beside the tokenizer's eos (added as stop tokens when present)
-CHAT_END_TOKENS = ("<|eot_id|>", "<|im_end|>", "<end_of_turn>", "<|end|>")
-HF_QUANT_CONFIG = "hf_quant_config.json"
-_RANK_ENGINE = re.compile(r"^rank(\d+)\.engine$")
-
-
-# -- the tokenizer ----------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class TokenIds:
-    end_id: int
-    pad_id: int
-    stop_token_ids: tuple[int, ...] = ()
-    tokens: dict[int, str] = field(default_factory=dict)  # id -> text, for notes
-
-    def describe(self) -> str:
-        def name(i: int) -> str:
-            return f"{i} ({self.tokens[i]})" if i in self.tokens else str(i)
-
-        extra = ", ".join(name(i) for i in self.stop_token_ids) or "none"
-        return f"end_id {name(self.end_id)}, pad_id {name(self.pad_id)}, more end tokens: {extra}"
-
-
-def _read_json(path: Path) -> dict[str, Any] | None:
-    """An optional file: None when it is absent or holds no JSON object."""
-    if not path.is_file():
-        return None
-    data = load_json(path, fix="fix or replace it")
-    return data if isinstance(data, dict) else None
-
-
-def _ids(value: Any) -> list[int]:
-    if isinstance(value, bool) or value is None:
-        return []
-    if isinstance(value, int):
-        return [value]
-    if isinstance(value, list):
-        return [v for v in value if isinstance(v, int) and not isinstance(v, bool)]
-    return []
-
-
-def tokenizer_ids(tokenizer_dir: Path, *, model_dir: Path | None = None) -> TokenIds:
-    """End, pad and extra end token ids of a Hugging Face tokenizer directory.
-
-    ``end_id`` is the tokenizer's eos (what TensorRT-LLM's preprocessing defaults to), else the
-    first ``eos_token_id`` of ``generation_config.json``; every other id there, and chat end tokens
-    the vocabulary has, become ``stop_token_ids``. ``pad_id`` falls back to ``end_id``.
-    """
-    tokenizer_dir = Path(tokenizer_dir)
-    vocab: dict[str, int] = {}
-    tok = _read_json(tokenizer_dir / TOKENIZER_JSON) or {}
-    model_vocab = (tok.get("model") or {}).get("vocab")
-    if isinstance(model_vocab, dict):
-        vocab.update({k: v for k, v in model_vocab.items() if isinstance(v, int)})
-    for added in tok.get("added_tokens") or []:
-        if isinstance(added, dict) and isinstance(added.get("id"), int):
-            vocab[str(added.get("content"))] = added["id"]
-    config = _read_json(tokenizer_dir / "tokenizer_config.json") or {}
-    for key, added in (config.get("added_tokens_decoder") or {}).items():
-        if isinstance(added, dict) and str(key).isdigit():
-            vocab.setdefault(str(added.get("content")), int(key))
-    special = _read_json(tokenizer_dir / "special_tokens_map.json") or {}
-    gen = _read_json(tokenizer_dir / "generation_config.json")
-    if gen is None and model_dir is not None:
-        gen = _read_json(Path(model_dir) / "generation_config.json")
-    gen = gen or {}
-
-    def token_id(value: Any) -> int | None:
-        text = value.get("content") if isinstance(value, dict) else value
-        return vocab.get(text) if isinstance(text, str) else None
-
-    eos_ids = _ids(gen.get("eos_token_id"))
-    eos_token = _first(token_id(config.get("eos_token")), token_id(special.get("eos_token")))
-    end_id = eos_token if eos_token is not None else (eos_ids[0] if eos_ids else None)
-    if end_id is None:
-        raise SpecError(
-            f"no end token in {tokenizer_dir} (generation_config.json eos_token_id, or "
-            "tokenizer_config.json eos_token): generation would never stop; pass --tokenizer with "
-            "the model's Hugging Face tokenizer"
-        )
-    chat_ends = [vocab[t] for t in CHAT_END_TOKENS if t in vocab]
-    stops = tuple(dict.fromkeys(i for i in [*eos_ids, *chat_ends] if i != end_id))
-    pad_ids = _ids(gen.get("pad_token_id"))
-    pad_token = _first(token_id(config.get("pad_token")), token_id(special.get("pad_token")))
-    pad_id = pad_ids[0] if pad_ids else (pad_token if pad_token is not None else end_id)
-    names = {v: k for k, v in vocab.items() if v in {end_id, pad_id, *stops}}
-    return TokenIds(end_id=end_id, pad_id=pad_id, stop_token_ids=stops, tokens=names)
-
-
-def _first(*values: int | None) -> int | None:
-    return next((v for v in values if v is not None), None)
-
-
-def find_tokenizer(
-    engine_dir: Path, runtime: Runtime, explicit: Path | None, manifest_dir: str | None
-) -> Path:
-    """``--tokenizer``, else the manifest's tokenizer dir, else ``tokenizer/`` or the engine dir."""
-    if explicit is not None:
-        candidates = [Path(explicit)]
-    elif manifest_dir is not None:
-        candidates = [engine_dir / manifest_dir]
-    else:
-        candidates = [engine_dir / "tokenizer", engine_dir]
-    for candidate in candidates:
-        if (candidate / TOKENIZER_JSON).is_file():
-            return candidate
-    where = candidates[0]
-    raise SpecError(
-        f"no {TOKENIZER_JSON} in {where}: trtbuild's pre/postprocessing need the model's fast "
-        "tokenizer; pass --tokenizer with the Hugging Face checkpoint directory (or save one "
-        "with AutoTokenizer.from_pretrained(dir).save_pretrained(dir))"
-    )
-
-
-# -- the engine directory -----------------------------------------------------------------------------
-def read_engine_config(engine_dir: Path) -> dict[str, Any] | None:
-    """TensorRT-LLM's engine ``config.json`` (``pretrained_config`` + ``build_config``), or None."""
-    config = _read_json(Path(engine_dir) / "config.json")
-    pretrained = isinstance((config or {}).get("pretrained_config"), dict)
-    if config and pretrained and isinstance(config.get("build_config"), dict):
-        return config
-    return None
-
-
-def rank_engine_files(engine_dir: Path) -> int:
-    return sum(1 for p in Path(engine_dir).iterdir() if _RANK_ENGINE.match(p.name))
-
-
-def layout_runtime(engine_dir: Path) -> Runtime | None:
-    """``tensorrtllm`` for a TensorRT-LLM engine directory; None for anything else."""
-    return "tensorrtllm" if read_engine_config(engine_dir) is not None else None
-
-
-def tensorrtllm_info(engine_dir: Path, manifest: Any = None) -> EngineInfo:
-    config = read_engine_config(engine_dir)
-    if config is None:
-        raise SpecError(
-            f"{engine_dir}/config.json is not a TensorRT-LLM engine config (no pretrained_config/"
-            "build_config); build the engine with 'trtbuild engine', or pick another --runtime"
-        )
-    pretrained = config["pretrained_config"]
-    build = config["build_config"]
-    mapping = pretrained.get("mapping") or {}
-    quant = pretrained.get("quantization") or {}
-    plugins = build.get("plugin_config") or {}
-    tp, pp = int(mapping.get("tp_size", 1)), int(mapping.get("pp_size", 1))
-    version = config.get("version") or (manifest.software.tensorrt_llm if manifest else None)
-    return EngineInfo(
-        runtime="tensorrtllm",
-        trtllm_version=str(version) if version else None,
-        gpu=manifest.gpu.name if manifest and manifest.gpu else None,
-        sm=manifest.gpu.sm if manifest and manifest.gpu else None,
-        tp=tp,
-        pp=pp,
-        world_size=int(mapping.get("world_size", tp * pp)),
-        rank_files=rank_engine_files(engine_dir),
-        max_batch_size=_int(build.get("max_batch_size")),
-        max_input_len=_int(build.get("max_input_len")),
-        max_seq_len=_int(build.get("max_seq_len")),
-        max_num_tokens=_int(build.get("max_num_tokens")),
-        max_beam_width=_int(build.get("max_beam_width")) or 1,
-        max_position_embeddings=_int(pretrained.get("max_position_embeddings")),
-        dtype=pretrained.get("dtype"),
-        quant_algo=quant.get("quant_algo"),
-        kv_cache_quant_algo=quant.get("kv_cache_quant_algo"),
-        paged_context_fmha=(
-            bool(plugins["use_paged_context_fmha"]) if "use_paged_context_fmha" in plugins else None
-        ),
-    )
-
-
-def checkpoint_info(engine_dir: Path, runtime: Runtime, manifest: Any = None) -> EngineInfo:
-    """A Hugging Face checkpoint served as is (``llmapi``, ``torch``)."""
-    config = _read_json(Path(engine_dir) / "config.json")
-    if config is None:
-        raise SpecError(
-            f"{engine_dir} has no config.json; pass the engine directory 'trtbuild engine' wrote, "
-            "or a Hugging Face checkpoint directory"
-        )
-    hf_quant = (_read_json(Path(engine_dir) / HF_QUANT_CONFIG) or {}).get("quantization") or {}
-    quant_algo = hf_quant.get("quant_algo")
-    kv_algo = hf_quant.get("kv_cache_quant_algo")
-    info: dict[str, Any] = {}
-    if manifest is not None:
-        q = manifest.quantization
-        quant_algo = quant_algo or q.quant_algo
-        kv_algo = kv_algo or q.kv_cache_quant_algo or (q.kv_cache or "").upper() or None
-        info = {
-            "tp": manifest.parallel.tp,
-            "pp": manifest.parallel.pp,
-            "world_size": manifest.parallel.world_size,
-            "trtllm_version": manifest.software.tensorrt_llm,
-            "gpu": manifest.gpu.name if manifest.gpu else None,
-            "sm": manifest.gpu.sm if manifest.gpu else None,
-            "dtype": manifest.dtype,
-        }
-    nested = config.get("text_config")
-    text: dict[str, Any] = nested if isinstance(nested, dict) else config
-    return EngineInfo(
-        runtime=runtime,
-        max_position_embeddings=_int(text.get("max_position_embeddings")),
-        quant_algo=quant_algo,
-        kv_cache_quant_algo=kv_algo,
-        prequantized=bool(hf_quant.get("quant_algo")),
-        **info,
-    )
-
-
-def _int(value: Any) -> int | None:
-    return int(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+from trtbuild.tokens import find_tokenizer, tokenizer_ids
 
 
 # -- the spec ------------------------------------------------------------------------------------------
@@ -263,8 +63,6 @@ def build_repo_spec(
     this machine's GPU and TensorRT-LLM, each checked only when detected. An engine built for
     another GPU or TensorRT-LLM version is refused (``IncompatibleArtifact``) unless ``force``.
     """
-    from trtbuild.builder.manifest import MANIFEST, RuntimeInfo, check_compatible, detect_runtime
-    from trtbuild.builder.manifest import read_manifest as read_engine_manifest
 
     engine_dir = Path(engine_dir)
     if not engine_dir.is_dir():
@@ -318,7 +116,6 @@ def build_repo_spec(
         values.update(tp=info.tp, pp=info.pp)
     if info.trtllm_version:
         values["trtllm_version"] = info.trtllm_version
-    from trtbuild.ensembles._rules import engine_kv_dtype
 
     kv = engine_kv_dtype(info.kv_cache_quant_algo)
     if runtime != "torch":
@@ -425,7 +222,6 @@ def _engine_limits(info: EngineInfo, manifest: Any, notes: list[str]) -> Runtime
 def _apply_plan(
     path: Path, values: dict[str, Any], info: EngineInfo, runtime: Runtime, notes: list[str]
 ) -> None:
-    from trtbuild.plan import read_plan
 
     plan = read_plan(path)
     if info.tp is not None and (plan.tp, plan.pp) != (info.tp, info.pp):
@@ -463,8 +259,6 @@ class RepoResult:
     notes: list[str]
 
     def summary(self) -> str:
-        from trtbuild.ensembles import kind_for
-
         models = ", ".join(sorted(kind_for(self.spec).MODELS))
         spec = self.spec
         lines = [
@@ -482,28 +276,174 @@ class RepoResult:
                 + (f", {len(spec.gpu_device_ids)} instances" if spec.gpu_device_ids else "")
                 + f"; TensorRT-LLM {spec.trtllm_version}"
             )
+        elif spec.instances > 1:
+            where = (
+                "GPUs " + ", ".join(str(g[0]) for g in spec.gpu_device_ids)
+                if spec.gpu_device_ids
+                else "CPU"
+            )
+            lines.append(f"  instances  {spec.instances} tensorrt_llm engines ({where})")
         return "\n".join(lines)
 
 
-def make_repository(options: RepoOptions, *, runtime_info: Any = None) -> RepoResult:
-    """``trtbuild repo``: build the spec from the engine directory, then render it atomically."""
-    from trtbuild._safepath import check_safe_path
-    from trtbuild.repository import render_repository
+def make_repository(
+    options: RepoOptions, *, runtime_info: Any = None, gpu_count: int | None = None
+) -> RepoResult:
+    """``trtbuild repo``: build the spec from the engine directory (or take a saved one and apply
+    the options given), then render it atomically.
 
+    ``gpu_count`` is how many GPUs the host that will serve has, for ``--instances``; None: the
+    GPUs detected here (``CUDA_VISIBLE_DEVICES`` respected)."""
     # Triton's Python backend hands these paths to `bash -c` unquoted: refuse them up front
     check_safe_path(Path(options.out).resolve(), "--out")
-    check_safe_path(Path(options.engine_dir).resolve(), "the engine directory")
     check_writable(Path(options.out), force=options.force)
-    built = build_repo_spec(
-        options.engine_dir,
-        runtime=options.runtime,
-        tokenizer=options.tokenizer,
-        streaming=options.streaming,
-        bls_decoupled=options.bls_decoupled,
-        plan=options.plan,
-        force=options.force,
-        runtime_info=runtime_info,
-    )
+    if options.spec is not None:
+        built = respec(options)
+    else:
+        assert options.engine_dir is not None
+        check_safe_path(Path(options.engine_dir).resolve(), "the engine directory")
+        built = build_repo_spec(
+            options.engine_dir,
+            runtime=options.runtime,
+            tokenizer=options.tokenizer,
+            streaming=True if options.streaming is None else options.streaming,
+            bls_decoupled=bool(options.bls_decoupled),
+            plan=options.plan,
+            force=options.force,
+            runtime_info=runtime_info,
+        )
+    if options.instances is not None or options.device is not None:
+        count = gpu_count if gpu_count is not None else _visible_gpus()
+        built = RepoBuild(
+            spec=place_instances(built.spec, options.instances, options.device, count, built.notes),
+            notes=built.notes,
+        )
+    check_safe_path(built.spec.engine_dir, "the engine directory")
     check_safe_path(built.spec.tokenizer_dir, "the tokenizer directory")
     path = render_repository(built.spec, Path(options.out), force=options.force)
     return RepoResult(path=path, spec=built.spec, notes=built.notes)
+
+
+def respec(options: RepoOptions) -> RepoBuild:
+    """A saved spec (``trtbuild repo --spec``) with the options given applied. The engine's facts
+    are the saved ones: the engine directory need not be on this machine."""
+    assert options.spec is not None
+    saved = read_repo_spec(options.spec)
+    notes = [f"spec {spec_path(options.spec)}: {saved.runtime}, engine {saved.engine_dir}"]
+    if options.runtime is not None and options.runtime != saved.runtime:
+        raise SpecError(
+            f"{options.spec} is a --runtime {saved.runtime} spec; drop --runtime, or render the "
+            f"engine directory again with 'trtbuild repo ENGINE_DIR --runtime {options.runtime}'"
+        )
+    values: dict[str, Any] = {}
+    if options.streaming is not None:
+        values["streaming"] = options.streaming
+    if options.bls_decoupled is not None:
+        values["bls_decoupled"] = options.bls_decoupled
+    if options.tokenizer is not None:
+        tokenizer_dir = find_tokenizer(saved.engine_dir, saved.runtime, options.tokenizer, None)
+        ids = tokenizer_ids(tokenizer_dir, model_dir=saved.engine_dir)
+        notes.append(f"tokenizer {tokenizer_dir}: {ids.describe()}")
+        values.update(
+            tokenizer_dir=Path(tokenizer_dir).resolve(),
+            end_id=ids.end_id,
+            pad_id=ids.pad_id,
+            stop_token_ids=list(ids.stop_token_ids),
+        )
+    if options.plan is not None:
+        info = saved.engine or EngineInfo(runtime=saved.runtime)
+        _apply_plan(options.plan, values, info, saved.runtime, notes)
+    spec = RepoSpec.model_validate({**saved.model_dump(), **values})
+    return RepoBuild(spec=spec, notes=notes)
+
+
+# -- replicas on one host (--instances) ------------------------------------------------------------
+_DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+
+
+def _visible_gpus() -> int:
+    """GPUs this process can use: the driver's, narrowed by ``CUDA_VISIBLE_DEVICES``."""
+    from trtbuild.gpus import detect_gpus
+
+    count = len(detect_gpus())
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        count = min(count, len([d for d in visible.split(",") if d.strip()]))
+    return count
+
+
+def place_instances(
+    spec: RepoSpec, instances: int | None, device: str | None, gpu_count: int, notes: list[str]
+) -> RepoSpec:
+    """``spec`` with ``instances`` tensorrt_llm instances placed on a host with ``gpu_count`` GPUs
+    (0: none found here), each with its own engine.
+
+    - TensorRT-LLM (C++ backend, llmapi): instance ``i`` gets GPUs ``i*W .. i*W+W-1`` (W = TP x PP)
+      through ``gpu_device_ids``, as upstream's orchestrator mode expects.
+    - The portable runtime: on GPUs, one instance per GPU (a ``KIND_GPU`` instance group each, so
+      Triton hands each its device); on CPU, ``instances`` CPU instances that split the cores.
+    """
+    if device is not None:
+        if spec.runtime != "torch":
+            raise SpecError(
+                f"--device is for the portable runtime (--runtime torch); the {spec.runtime} "
+                "flavor places instances on GPUs by --instances"
+            )
+        if not _DEVICE.match(device):
+            raise SpecError(f"--device {device!r} is not a device; pass auto, cpu, cuda or cuda:N")
+    n = instances if instances is not None else spec.instances
+    device = device if device is not None else spec.device
+    update: dict[str, Any] = {"instances": n, "gpu_device_ids": []}
+    if spec.runtime != "torch":
+        world = spec.tp * spec.pp
+        if n > 1:
+            need = n * world
+            if gpu_count and need > gpu_count:
+                raise SpecError(
+                    f"--instances {n} of TP {spec.tp} x PP {spec.pp} needs {need} GPUs but this "
+                    f"host has {gpu_count}; pass --instances {max(1, gpu_count // world)}"
+                )
+            groups = [list(range(i * world, (i + 1) * world)) for i in range(n)]
+            update["gpu_device_ids"] = groups
+            notes.append(
+                f"{n} tensorrt_llm instances on GPUs "
+                + "; ".join(",".join(map(str, g)) for g in groups)
+                + ("" if gpu_count else " (no GPU here: not checked against the serving host)")
+            )
+        return _updated(spec, update)
+    update["device"] = device
+    if device.startswith("cuda:") and n > 1:
+        raise SpecError(
+            f"--device {device} puts every instance on one GPU; pass --device cuda to give each "
+            "instance its own GPU, or --device cpu"
+        )
+    on_gpu = device == "cuda" or (device == "auto" and gpu_count > 0)
+    if on_gpu and n > 1:
+        if gpu_count and n > gpu_count:
+            raise SpecError(
+                f"--instances {n} needs {n} GPUs (one engine per GPU) but this host has "
+                f"{gpu_count}; pass --instances {gpu_count}, or --device cpu"
+            )
+        update.update(device="cuda", gpu_device_ids=[[i] for i in range(n)])
+        notes.append(
+            f"{n} portable-runtime instances, one per GPU (0-{n - 1})"
+            + ("" if gpu_count else ": no GPU here, not checked against the serving host")
+        )
+    elif n > 1:
+        notes.append(
+            f"{n} portable-runtime instances on CPU, each with its share of the cores"
+            + (
+                " (--device auto: on a GPU host they would share cuda:0; render there, or pass "
+                "--device cuda)"
+                if device == "auto"
+                else ""
+            )
+        )
+    return _updated(spec, update)
+
+
+def _updated(spec: RepoSpec, update: dict[str, Any]) -> RepoSpec:
+    try:
+        return RepoSpec.model_validate({**spec.model_dump(), **update})
+    except ValueError as exc:
+        raise SpecError(f"invalid repository settings: {first_error(exc)}") from exc

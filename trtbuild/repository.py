@@ -10,7 +10,6 @@ repository is rendered into a temp dir, every ``config.pbtxt`` is parsed as a Tr
 from __future__ import annotations
 
 import importlib.resources
-import json
 import re
 import shutil
 from pathlib import Path
@@ -20,11 +19,14 @@ import jinja2
 from markupsafe import Markup
 
 from trtbuild._atomic import atomic_dir
+from trtbuild.builder.manifest import MANIFEST, check_engine_dir
+from trtbuild.ensembles import kind_for
 from trtbuild.errors import SpecError, TrtbuildError
+from trtbuild.files.model_config import ConfigParseError, config_files, load_configs, parse_config
+from trtbuild.files.repo_spec import SPEC_FILE, read_repo_spec, write_repo_spec
 from trtbuild.findings import errors
 from trtbuild.specs import RepoSpec
 
-SPEC_FILE = "trtbuild-repo.json"
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$|^-?\d+(, -?\d+)*$")
 
 
@@ -110,17 +112,12 @@ def jinja_env() -> jinja2.Environment:
     return env
 
 
-def parse_config(text: str, where: str) -> Any:
-    """Parse a config.pbtxt as Triton's ``ModelConfig``; raise with the file and line on error."""
-    from google.protobuf import text_format
-    from tritonclient.grpc import model_config_pb2
-
-    config = model_config_pb2.ModelConfig()
+def _parse_rendered(text: str, where: str) -> Any:
+    """A rendered config must parse: a failure is a bug in trtbuild's templates."""
     try:
-        text_format.Parse(text, config)
-    except text_format.ParseError as exc:
-        raise TemplateRenderError(f"{where}: not a valid Triton model config: {exc}") from exc
-    return config
+        return parse_config(text, where)
+    except ConfigParseError as exc:
+        raise TemplateRenderError(exc.message) from exc
 
 
 def render_model_dir(
@@ -161,17 +158,8 @@ def render_model_dir(
         shutil.copy2(source, dst / rel_name)
 
 
-def load_configs(repo: Path) -> dict[str, Any]:
-    """Parse every ``<model>/config.pbtxt`` of a repository."""
-    return {
-        p.parent.name: parse_config(p.read_text(), str(p))
-        for p in sorted(repo.glob("*/config.pbtxt"))
-    }
-
-
 def render_repository(spec: RepoSpec, out_dir: Path, *, force: bool = False) -> Path:
     """Render the repository that ``spec`` describes into ``out_dir`` (atomically)."""
-    from trtbuild.ensembles import kind_for
 
     kind = kind_for(spec)
     problems = errors(kind.spec_findings(spec))
@@ -181,30 +169,20 @@ def render_repository(spec: RepoSpec, out_dir: Path, *, force: bool = False) -> 
     with atomic_dir(out_dir, force=force) as tmp:
         for model, (template, extra) in kind.models(spec).items():
             render_model_dir(env, template, tmp / model, kind.context(spec, model), extra)
-        configs = load_configs(tmp)
+        configs = {p.parent.name: _parse_rendered(p.read_text(), str(p)) for p in config_files(tmp)}
         findings = errors(kind.check(configs))
         if findings:
             raise TemplateRenderError(
                 "rendered repository is inconsistent:\n  " + "\n  ".join(map(str, findings))
             )
-        (tmp / SPEC_FILE).write_text(
-            json.dumps({"kind": kind.KIND, "spec": spec.model_dump(mode="json")}, indent=2) + "\n"
-        )
+        write_repo_spec(tmp, spec, kind.KIND)
     return out_dir
-
-
-def read_repo_spec(repo: Path) -> RepoSpec:
-    path = Path(repo) / SPEC_FILE
-    if not path.is_file():
-        raise SpecError(f"{repo} has no {SPEC_FILE}; it was not rendered by trtbuild")
-    return RepoSpec.model_validate(json.loads(path.read_text())["spec"])
 
 
 def preflight(repo: Path, *, force: bool = False, runtime: Any = None) -> list[str]:
     """Before serving: every config parses, and the engine the repository serves suits this
     machine's GPU and TensorRT-LLM (``runtime``: a ``builder.manifest.RuntimeInfo``, detected when
     None). A mismatch raises ``IncompatibleArtifact`` unless ``force``; then it is returned."""
-    from trtbuild.builder.manifest import MANIFEST, check_engine_dir
 
     repo = Path(repo)
     configs = load_configs(repo)

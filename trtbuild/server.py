@@ -27,13 +27,13 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType, TracebackType
 from typing import IO, Any
 
-from trtbuild import proc
+from trtbuild import _stub_env, proc
 from trtbuild._safepath import check_repository_paths, check_safe_path
 from trtbuild.errors import (
     ModelDied,
@@ -231,6 +231,8 @@ def server_argv(spec: ServeSpec, install: TritonInstall) -> list[str]:
         f"--log-verbose={spec.log_verbose}",
         f"--exit-timeout-secs={spec.exit_timeout}",
     ]
+    if spec.latency_histograms:
+        argv.append("--metrics-config=histogram_latencies=true")
     if install.backend_dir is not None:
         argv.append(f"--backend-directory={install.backend_dir}")
     if spec.load_models is not None:
@@ -269,7 +271,8 @@ def repo_launch(repo: Path) -> RepoLaunch:
 
 
 def _repo_launch(repo: Path) -> RepoLaunch:
-    from trtbuild.repository import SPEC_FILE, load_configs, read_repo_spec
+    from trtbuild.files.model_config import load_configs
+    from trtbuild.files.repo_spec import SPEC_FILE, read_repo_spec
 
     if (repo / SPEC_FILE).is_file():
         spec = read_repo_spec(repo)
@@ -282,23 +285,30 @@ def _repo_launch(repo: Path) -> RepoLaunch:
         if spec.runtime == "llmapi" and world > 1 and not spec.gpu_device_ids:
             return RepoLaunch("mpi", world)
         return RepoLaunch("single", world, gpus=gpus)
-    from trtbuild.repo import read_engine_config
+    from trtbuild.files.trtllm import read_engine_config
 
     for name, config in load_configs(repo).items():
         if config.backend != "tensorrtllm":
             continue
         path = config.parameters["gpt_model_path"].string_value
         engine = read_engine_config(Path(path)) if path and Path(path).is_dir() else None
-        mapping = ((engine or {}).get("pretrained_config") or {}).get("mapping") or {}
-        world = int(mapping.get("world_size", 1))
+        world = engine.mapping.world_size if engine is not None else 1
         return RepoLaunch("leader" if world > 1 else "single", world, core_model=name)
     return RepoLaunch()
 
 
 def launch_argv(
-    spec: ServeSpec, install: TritonInstall, launch: RepoLaunch, *, mpirun: str = "mpirun"
+    spec: ServeSpec,
+    install: TritonInstall,
+    launch: RepoLaunch,
+    *,
+    mpirun: str = "mpirun",
+    mpirun_args: Sequence[str] = (),
 ) -> tuple[list[str], dict[str, str]]:
-    """The command (and extra environment) that serves ``spec.repo`` the way ``launch`` says."""
+    """The command (and extra environment) that serves ``spec.repo`` the way ``launch`` says.
+
+    ``mpirun_args`` go before the first rank (e.g. ``--host leader:8,worker-1:8`` when the ranks
+    span nodes: Open MPI fills each host's slots in rank order)."""
     shm = "--backend-config=python,shm-region-prefix-name=prefix{}_"
     if launch.mode == "single":
         return server_argv(spec, install), {}
@@ -309,9 +319,9 @@ def launch_argv(
             env = {"TRTLLM_ORCHESTRATOR": "1", "TRTLLM_ORCHESTRATOR_SPAWN_PROCESSES": "1"}
             argv += ["--pinned-memory-pool-byte-size=0", "--enable-peer-access=false"]
             argv += [f"--cuda-memory-pool-byte-size={gpu}:0" for gpu in launch.gpus]
-        return [mpirun, "--allow-run-as-root", "-n", "1", *argv], env
+        return [mpirun, "--allow-run-as-root", *mpirun_args, "-n", "1", *argv], env
     # leader mode: one tritonserver per rank; only rank 0 loads the pre/post/ensemble/BLS models
-    argv = [mpirun, "--allow-run-as-root"]
+    argv = [mpirun, "--allow-run-as-root", *mpirun_args]
     workers = spec.model_copy(update={"load_models": [launch.core_model]})
     for rank in range(launch.world_size):
         if rank:
@@ -438,7 +448,7 @@ class TritonServer:
     """
 
     def __init__(self, spec: ServeSpec, *, quiet: bool = False, watch: bool = True) -> None:
-        from trtbuild.repository import TemplateRenderError, preflight
+        from trtbuild.repository import preflight
 
         repo = Path(spec.repo)
         # Triton's Python backend hands these paths to `bash -c` unquoted: refuse unsafe ones
@@ -446,11 +456,7 @@ class TritonServer:
         # every config parses, and the engine suits this GPU and TensorRT-LLM (or --force):
         # checked here so that every start, from the CLI or the library, goes through the gate
         try:
-            self.warnings = preflight(repo, force=spec.force)
-        except TemplateRenderError as exc:  # here: a config the user gave does not parse
-            raise SpecError(
-                f"{exc.message}; fix it, or render the repository again with 'trtbuild repo'"
-            ) from exc
+            self.warnings = preflight(repo, force=spec.force)  # a bad config is a SpecError
         except ValueError as exc:  # not UTF-8, trtbuild-repo.json not JSON or not a spec
             raise SpecError(
                 f"{repo} cannot be read ({first_error(exc)}); fix its config.pbtxt and "
@@ -460,11 +466,18 @@ class TritonServer:
         self.install = find_tritonserver(spec.tritonserver)
         if self.install.backend_dir is not None:
             check_safe_path(self.install.backend_dir, "tritonserver's backend directory")
+            # the wheel's stub (Triton 2.51) runs the Python we put on PATH: check it, or build one
+            # (only to serve: --dry-run prints the command and starts nothing, not even a probe)
+            if not spec.dry_run:
+                env = _stub_env.prepare(repo, self.install.env)
+                self.install = TritonInstall(self.install.binary, self.install.backend_dir, env)
         self.spec = resolve_ports(spec)
         self.quiet = quiet
         self.watch = watch
         self.launch = repo_launch(repo)
-        mpirun = _find_mpirun(self.launch) if self.launch.mode != "single" else "mpirun"
+        mpirun = "mpirun"
+        if self.launch.mode != "single":  # a dry run prints the command even without MPI here
+            mpirun = shutil.which("mpirun") or mpirun if spec.dry_run else _find_mpirun(self.launch)
         self.argv, self.launch_env = launch_argv(
             self.spec, self.install, self.launch, mpirun=mpirun
         )
@@ -784,6 +797,9 @@ def serve_forever(spec: ServeSpec) -> None:
     server = TritonServer(spec)
     for problem in server.warnings:
         print(f"warning (--force): {problem}", file=sys.stderr, flush=True)
+    if spec.dry_run:  # the exact command, with the environment trtbuild adds; nothing runs
+        print(proc.format_command(server.argv, {**server.install.env, **server.launch_env}))
+        return
     received: str | None = None
     with _stop_on_signals():
         try:

@@ -7,7 +7,7 @@ The spec that produced an artifact is written next to it, so it can be rebuilt.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -26,12 +26,18 @@ class StrictModel(BaseModel):
 class RuntimeLimits(StrictModel):
     """Per-deployment limits. The portable runtime enforces all of them per request."""
 
-    max_batch_size: int = Field(16, ge=1, le=4096, description="sequences decoded together")
-    max_input_len: int = Field(1024, ge=1, description="longest prompt, in tokens")
-    max_seq_len: int = Field(2048, ge=2, description="prompt + output, in tokens")
-    max_num_tokens: int = Field(4096, ge=1, description="prefill tokens per scheduler step")
+    max_batch_size: int = Field(
+        vocab.DEFAULT_MAX_BATCH_SIZE, ge=1, le=4096, description="sequences decoded together"
+    )
+    max_input_len: int = Field(vocab.DEFAULT_MAX_INPUT_LEN, ge=1, description="longest prompt")
+    max_seq_len: int = Field(vocab.DEFAULT_MAX_SEQ_LEN, ge=2, description="prompt + output")
+    max_num_tokens: int = Field(
+        vocab.DEFAULT_MAX_NUM_TOKENS, ge=1, description="prefill tokens per scheduler step"
+    )
     max_queue_size: int = Field(
-        256, ge=1, description="requests waiting before new ones are refused"
+        vocab.DEFAULT_MAX_QUEUE_SIZE,
+        ge=1,
+        description="requests waiting beyond the free batch slots before new ones are refused",
     )
 
     @model_validator(mode="after")
@@ -82,8 +88,8 @@ class RepoSpec(StrictModel):
     )
     dtype: vocab.AutoDType = "auto"
     num_threads: int = Field(0, ge=0, description="torch threads (0: torch's default)")
-    # TensorRT-LLM flavors, tensorrtllm and llmapi (issue 5); the portable runtime ignores these.
-    # `trtbuild repo` fills them from the engine directory; see the end of this module.
+    # TensorRT-LLM flavors, tensorrtllm and llmapi; the portable runtime reads only the two KV-cache
+    # budget fields. `trtbuild repo` fills them from the engine directory and the plan.
     trtllm_version: str = Field(
         "1.2.1",
         description="TensorRT-LLM of the serving container: >= 0.20 names seed/min_tokens, "
@@ -95,7 +101,13 @@ class RepoSpec(StrictModel):
     kv_cache_dtype: vocab.KvDType = Field(
         "auto", description="auto: the model's dtype; fp8/int8 only if the engine was built so"
     )
-    kv_cache_free_gpu_mem_fraction: float = Field(0.9, gt=0, le=1)
+    kv_cache_free_gpu_mem_fraction: float = Field(
+        0.9,
+        gt=0,
+        le=1,
+        description="share of free GPU memory for the KV cache (TensorRT-LLM, and the portable "
+        "runtime on a GPU, which also caps it at max_batch_size x max_seq_len tokens)",
+    )
     max_tokens_in_paged_kv_cache: int | None = Field(
         None, ge=1, description="cap on KV-cache tokens (None: the free-memory fraction decides)"
     )
@@ -116,6 +128,14 @@ class RepoSpec(StrictModel):
         default_factory=list,
         description="one GPU list per tensorrt_llm instance (replicas), e.g. [[0, 1], [2, 3]]",
     )
+    instances: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="tensorrt_llm instances on one host (replicas), each with its own engine: "
+        "one per gpu_device_ids group when those are given (the portable runtime: one GPU each), "
+        "else that many CPU instances",
+    )
     llmapi_model_py: str = Field(
         "/app/all_models/llmapi/tensorrt_llm/1/model.py",
         description="TensorRT-LLM's llmapi Triton model.py on the serving machine (NGC 1.x path)",
@@ -123,6 +143,24 @@ class RepoSpec(StrictModel):
     engine: EngineInfo | None = Field(
         None, description="what the engine directory says about itself (filled by trtbuild repo)"
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _instances_from_groups(cls, data: Any) -> Any:
+        """GPU groups given and instances left at 1 (a spec saved before ``instances`` existed,
+        or one edited by hand): one instance per group."""
+        if isinstance(data, dict) and data.get("gpu_device_ids") and data.get("instances", 1) == 1:
+            return {**data, "instances": len(data["gpu_device_ids"])}
+        return data
+
+    @model_validator(mode="after")
+    def _instances_match_groups(self) -> RepoSpec:
+        if self.gpu_device_ids and len(self.gpu_device_ids) != self.instances:
+            raise ValueError(
+                f"instances is {self.instances} but gpu_device_ids lists "
+                f"{len(self.gpu_device_ids)} GPU group(s); give one group per instance"
+            )
+        return self
 
 
 # -- server and client --------------------------------------------------------------------------
@@ -147,6 +185,12 @@ class ServeSpec(StrictModel):
     load_models: list[str] | None = Field(
         None, description="load only these models (explicit model control); None: all"
     )
+    latency_histograms: bool = Field(
+        False,
+        description="tritonserver --metrics-config=histogram_latencies=true: per-model "
+        "first-response (time to first token) histograms, where the Triton build has them",
+    )
+    dry_run: bool = Field(False, description="print the command that would serve; run nothing")
 
 
 class DemoSpec(StrictModel):
@@ -284,16 +328,34 @@ class EngineInfo(StrictModel):
 
 
 class RepoOptions(StrictModel):
-    """``trtbuild repo``: an engine directory to a Triton model repository."""
+    """``trtbuild repo``: an engine directory (or a saved spec) to a Triton model repository.
 
-    engine_dir: Path
+    ``None`` means "not given": from an engine directory, trtbuild's default; with ``spec``, the
+    saved spec's value (the options given override it)."""
+
+    engine_dir: Path | None = None
+    spec: Path | None = Field(None, description="a saved trtbuild-repo.json to render again")
     out: Path
     runtime: Runtime | None = Field(None, description="default: the engine's manifest")
     tokenizer: Path | None = Field(None, description="default: the engine's tokenizer")
-    streaming: bool = True
-    bls_decoupled: bool = Field(False, description="decoupled tensorrt_llm_bls (it streams)")
+    streaming: bool | None = None
+    bls_decoupled: bool | None = Field(None, description="decoupled tensorrt_llm_bls (it streams)")
     plan: Path | None = None
+    instances: int | None = Field(
+        None, ge=1, le=64, description="tensorrt_llm instances on this host (replicas)"
+    )
+    device: str | None = Field(
+        None, description="the portable runtime's device: auto, cpu, cuda, cuda:N"
+    )
     force: bool = False
+
+    @model_validator(mode="after")
+    def _one_source(self) -> RepoOptions:
+        if (self.engine_dir is None) == (self.spec is None):
+            raise ValueError(
+                "give an engine directory or --spec FILE (a saved trtbuild-repo.json), one of them"
+            )
+        return self
 
 
 class CheckOptions(StrictModel):
@@ -302,6 +364,163 @@ class CheckOptions(StrictModel):
     repo: Path
     engine: Path | None = Field(None, description="engine directory to check against")
     strict: bool = Field(False, description="warnings fail too")
+
+
+# -- perf (issue 11) ---------------------------------------------------------------------------------
+class PerfSla(StrictModel):
+    """A request is "good" (counts toward goodput) when it meets every bound given."""
+
+    ttft_ms: float | None = Field(None, gt=0, description="time to first token, at most")
+    itl_ms: float | None = Field(None, gt=0, description="mean inter-token latency, at most")
+
+    @property
+    def given(self) -> bool:
+        return self.ttft_ms is not None or self.itl_ms is not None
+
+
+class PerfSpec(StrictModel):
+    """``trtbuild perf``: a perf_analyzer load sweep against the served ensemble, core model or BLS.
+
+    ``repo`` alone: serve it for the run (free ports) and stop it after. ``url`` alone: a running
+    server. Both: the running server, with the repository read for the run's context.
+    """
+
+    repo: Path | None = Field(None, description="a model repository to serve (or describe)")
+    url: str | None = Field(None, description="gRPC HOST:PORT of a running server")
+    metrics_url: str | None = Field(
+        None, description="Prometheus endpoint (default: http://HOST:8002/metrics of --url)"
+    )
+    models: list[str] = Field(default_factory=lambda: ["ensemble"], min_length=1)
+    concurrency: list[int] | None = Field(None, description="requests in flight, one level each")
+    request_rate: list[float] | None = Field(None, description="requests/s, one level each")
+    input_len: int = Field(128, ge=1, description="prompt tokens (synthetic prompts)")
+    output_len: int = Field(64, ge=1, description="generated tokens per request, end ignored")
+    dataset: Path | None = Field(None, description="JSONL prompts instead of synthetic ones")
+    num_prompts: int | None = Field(
+        None, ge=1, description="distinct prompts to cycle through (default: 100, or the dataset)"
+    )
+    stream: bool | None = Field(None, description="None: stream every model that can")
+    tokenizer: Path | None = Field(None, description="default: the served preprocessing model's")
+    seed: int = Field(0, ge=0)
+    measurement_interval_ms: int = Field(4000, ge=100, description="perf_analyzer window")
+    stability_percent: float = Field(
+        50.0, gt=0, description="perf_analyzer --stability-percentage (999: take any 3 windows)"
+    )
+    max_trials: int = Field(10, ge=3, description="windows perf_analyzer may try per level")
+    warmup_ms: int = Field(1500, ge=0, description="a discarded run before each level (0: none)")
+    sla: PerfSla = PerfSla()
+    gpus: int | None = Field(None, ge=0, description="GPUs serving (for tokens/s per GPU)")
+    label: str | None = Field(None, description="names the model in titles and series keys")
+    out: Path
+    force: bool = Field(False, description="replace a non-empty out")
+    report: Literal["html", "md"] = "html"
+    genai_perf_export: bool = Field(False, description="also write genai-perf profile exports")
+    keep_raw: bool = Field(False, description="keep perf_analyzer's raw exports under out/raw")
+    tritonserver: Path | None = None
+    startup_timeout: float = Field(300.0, gt=0)
+    sample_interval_s: float = Field(0.5, gt=0, description="metrics endpoint sampling period")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> PerfSpec:
+        if self.repo is None and self.url is None:
+            raise ValueError("give a repository to serve (REPO) or a running server (--url)")
+        if self.concurrency is not None and self.request_rate is not None:
+            raise ValueError("give --concurrency or --request-rate, not both")
+        if self.concurrency is not None and (
+            not self.concurrency or any(c < 1 for c in self.concurrency)
+        ):
+            raise ValueError("--concurrency levels must be integers >= 1, e.g. 1,4,16")
+        if self.request_rate is not None and (
+            not self.request_rate or any(r <= 0 for r in self.request_rate)
+        ):
+            raise ValueError("--request-rate levels must be > 0 requests/s, e.g. 2,8")
+        if len(set(self.models)) != len(self.models):
+            raise ValueError("a --model is given twice; name each model once")
+        return self
+
+    @property
+    def mode(self) -> Literal["concurrency", "request_rate"]:
+        return "request_rate" if self.request_rate is not None else "concurrency"
+
+    @property
+    def levels(self) -> list[float]:
+        if self.request_rate is not None:
+            return list(self.request_rate)
+        return [float(c) for c in (self.concurrency or [1, 4, 16])]
+
+
+class PerfHistorySpec(StrictModel):
+    """``trtbuild perf history``: a series' trend from a history database."""
+
+    db: Path
+    series: str | None = Field(None, description="a series key, or a unique part of one")
+    metrics: list[str] = Field(default_factory=list, description="default: the headline metrics")
+    last: int = Field(20, ge=1, description="show the last N runs")
+    plot: Path | None = Field(None, description="write the trend plot (PNG) here")
+    force: bool = Field(False, description="replace an existing plot file")
+
+
+class PerfNightlySpec(StrictModel):
+    """``scripts/nightly_perf.sh MATRIX.yaml``: run a matrix, append it, flag regressions."""
+
+    matrix: Path
+    db: Path | None = Field(
+        None, description="default: the matrix's history, else $TRTBUILD_PERF_DB"
+    )
+    compare_only: bool = Field(False, description="measure nothing: compare the latest runs")
+
+
+# -- deploy (issue 13) -------------------------------------------------------------------------------
+class DeploySpec(StrictModel):
+    """``trtbuild deploy k8s|slurm``: manifests (or an sbatch script) that serve a rendered
+    repository the way its plan lays it out."""
+
+    target: Literal["k8s", "slurm"]
+    repo: Path = Field(description="a repository rendered by 'trtbuild repo'")
+    out: Path = Field(description="k8s: a directory of manifests; slurm: the sbatch script")
+    plan: Path | None = Field(None, description="the 'trtbuild plan --json' file it was built from")
+    perf: Path | None = Field(
+        None, description="a 'trtbuild perf' results.json of one replica: its capacity"
+    )
+    image: str | None = Field(
+        None, description="container image (default: the compatibility matrix)"
+    )
+    name: str | None = Field(
+        None,
+        pattern=r"^[a-z]([-a-z0-9]{0,38}[a-z0-9])?$",
+        description="object names (a DNS label of at most 40 characters)",
+    )
+    namespace: str | None = Field(None, pattern=r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+    min_replicas: int | None = Field(None, ge=1, le=1000)
+    max_replicas: int | None = Field(None, ge=1, le=1000)
+    sla_ttft_ms: float | None = Field(
+        None, gt=0, description="TTFT p99 alert bound (default: the perf run's SLA, else 1000)"
+    )
+    storage: Literal["pvc", "download"] = Field(
+        "pvc", description="model files from a PersistentVolumeClaim, or downloaded at start"
+    )
+    pvc: str | None = Field(None, description="an existing claim (default: one is created)")
+    pvc_size: str | None = Field(None, pattern=r"^[0-9]+(Mi|Gi|Ti)$")
+    storage_class: str | None = None
+    init_image: str | None = Field(
+        None, description="--storage download: an image with trtbuild installed"
+    )
+    source: str | None = Field(
+        None, description="--storage download: Hub repo id[@revision] (default: the engine's)"
+    )
+    nodes: int | None = Field(None, ge=1, le=1024, description="slurm: nodes of the job")
+    partition: str | None = None
+    time_limit: str = Field("24:00:00", pattern=r"^[0-9:-]+$")
+    force: bool = False
+
+    @model_validator(mode="after")
+    def _consistent(self) -> DeploySpec:
+        lo, hi = self.min_replicas, self.max_replicas
+        if lo is not None and hi is not None and lo > hi:
+            raise ValueError(f"--min-replicas {lo} is above --max-replicas {hi}")
+        if self.storage == "download" and self.pvc is not None:
+            raise ValueError("--pvc is for --storage pvc; drop it, or use --storage pvc")
+        return self
 
 
 RepoSpec.model_rebuild()

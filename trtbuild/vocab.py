@@ -1,4 +1,5 @@
-"""One vocabulary for the names every command shares: dtypes, weight quantization, KV-cache dtypes.
+"""One vocabulary: the names every command shares (dtypes, weight quantization, KV-cache dtypes),
+GPU generations and what each supports, trtbuild's default limits, what a tokenizer is made of.
 
 Each command accepts the canonical name and its common spellings (``bf16`` or ``bfloat16``,
 ``int8`` or ``int8-sq``) and prints only the canonical one. Specs validate through the same
@@ -78,6 +79,52 @@ KvDType = Annotated[Literal["auto", "fp8", "int8"], _validator("kv_cache_dtype")
 KvQuant = Annotated[Literal["fp8", "int8"], _validator("kv_cache_dtype")]
 
 
+# -- GPU generations: the compute capability (SM) each feature needs -----------------------------
+SM_BF16 = 80  # Ampere
+SM_FP8 = 89  # Ada Lovelace, Hopper (90)
+SM_NVFP4 = 100  # Blackwell
+# TensorRT-LLM 1.2's builder refuses INT8/INT4 weight quantization on these (tensorrt_llm/builder.py)
+SM_NO_INT8_WEIGHTS = range(100, 120)
+GENERATIONS = {70: "Volta", 75: "Turing", 80: "Ampere", 86: "Ampere", 89: "Ada", 90: "Hopper",
+               100: "Blackwell", 120: "Blackwell"}  # fmt: skip
+
+
+def supports_fp8(sm: int) -> bool:
+    return sm >= SM_FP8
+
+
+def supports_bf16(sm: int) -> bool:
+    return sm >= SM_BF16
+
+
+# -- trtbuild's default limits (the planner picks better ones for a model and GPU) ---------------
+DEFAULT_MAX_BATCH_SIZE = 16
+DEFAULT_MAX_INPUT_LEN = 1024
+DEFAULT_MAX_SEQ_LEN = 2048
+DEFAULT_MAX_NUM_TOKENS = (
+    8192  # prefill tokens per step: trtllm-build's default (at least max_input_len)
+)
+DEFAULT_MAX_QUEUE_SIZE = 256
+
+# -- tokenizers -------------------------------------------------------------------------------------
+# What a Hugging Face tokenizer is made of (names, or patterns such as *.tiktoken): downloaded,
+# copied into engine directories.
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "tokenizer.model",
+    "vocab.json",
+    "merges.txt",
+    "added_tokens.json",
+    "chat_template.json",
+    "chat_template.jinja",
+    "*.tiktoken",
+)
+# Any one of these holds a vocabulary (fast, SentencePiece, byte-level BPE).
+VOCABULARY_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
+
+
 def accepted(kind: str, choices: tuple[str, ...]) -> list[str]:
     """Every spelling the CLI accepts for ``choices``: the names, then their aliases."""
     extra = [alias for alias, name in ALIASES[kind].items() if name in choices]
@@ -86,6 +133,20 @@ def accepted(kind: str, choices: tuple[str, ...]) -> list[str]:
 
 __all__ = [
     "ALIASES",
+    "DEFAULT_MAX_BATCH_SIZE",
+    "DEFAULT_MAX_INPUT_LEN",
+    "DEFAULT_MAX_NUM_TOKENS",
+    "DEFAULT_MAX_QUEUE_SIZE",
+    "DEFAULT_MAX_SEQ_LEN",
+    "GENERATIONS",
+    "SM_BF16",
+    "SM_FP8",
+    "SM_NO_INT8_WEIGHTS",
+    "SM_NVFP4",
+    "TOKENIZER_FILES",
+    "VOCABULARY_FILES",
+    "supports_bf16",
+    "supports_fp8",
     "AutoDType",
     "AutoDType16",
     "AutoQuant",

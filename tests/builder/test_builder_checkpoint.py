@@ -9,15 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from trtbuild.builder.checkpoint import (
-    file_sha256,
-    hash_tree,
-    hub_snapshot,
-    mount_root,
-    read_checkpoint,
-    source_info,
-)
+from trtbuild.builder.checkpoint import hash_tree, mount_root, read_checkpoint, source_info
 from trtbuild.errors import SpecError
+from trtbuild.files.hf import file_sha256
+from trtbuild.files.hf import parse_snapshot as hub_snapshot
 
 
 def test_facts_from_the_tiny_model(tiny_model: Path) -> None:
@@ -73,16 +68,22 @@ def test_download_record_gives_identity_and_trusted_hashes(tmp_path: Path) -> No
     (ckpt / "model.safetensors").write_bytes(big)
     (ckpt / "config.json").write_text("{}")
     recorded = "ab" * 32  # not the real hash: proves the record is used instead of reading
-    record = {
-        "repo_id": "org/m",
-        "revision": "main",
-        "commit": "c" * 40,
-        "files": [
-            {"path": "model.safetensors", "size": len(big), "sha256": recorded},
-            {"path": "config.json", "size": 2, "sha256": "cd" * 32},
-        ],
-    }
-    (ckpt / "trtbuild-checkpoint.json").write_text(json.dumps(record))
+    from trtbuild.files.checkpoint_manifest import (
+        CheckpointManifest,
+        FileEntry,
+        read_model_facts,
+        write_checkpoint_manifest,
+    )
+
+    facts = read_model_facts("meta-llama/Llama-3.1-8B")  # any valid facts: not what is tested
+    entries = [
+        FileEntry(path="model.safetensors", size=len(big), sha256=recorded),
+        FileEntry(path="config.json", size=2, sha256="cd" * 32),
+    ]
+    manifest = CheckpointManifest(
+        repo_id="org/m", revision="main", commit="c" * 40, files=entries, model=facts
+    )
+    write_checkpoint_manifest(ckpt, manifest)
     info = source_info(ckpt)
     assert (info.repo_id, info.revision) == ("org/m", "c" * 40)
     assert info.files == {

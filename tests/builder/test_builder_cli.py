@@ -207,7 +207,8 @@ def test_plan_file_errors_and_existing_output(
     result = engine(runner, str(tiny_model), "--out", str(tmp_path / "e"), "--plan", str(plan))
     assert (result.exit_code, result.stderr) == (
         2,
-        f"Error: plan {plan}: invalid tp: Input should be a valid integer, unable to parse string as an integer\n",
+        f"Error: {plan} is not a trtbuild plan (model: Field required); regenerate it with "
+        "'trtbuild plan ... --json'\n",
     )
     (tmp_path / "e").mkdir()
     (tmp_path / "e" / "x").write_text("x")

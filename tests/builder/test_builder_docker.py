@@ -78,7 +78,7 @@ def test_full_docker_line(llama_8b: Path, tmp_path: Path, monkeypatch) -> None: 
         "--max-seq-len",
         "2048",
         "--max-num-tokens",
-        "4096",
+        "8192",
         "--calib-size",
         "512",
         "--plan",

@@ -360,25 +360,26 @@ def test_never_overwrites_without_force(
 def test_plan_file_fills_unset_options(
     tiny_model: Path, tmp_path: Path, fake_env: Callable[..., BuildEnv]
 ) -> None:
-    plan = tmp_path / "plan.json"
-    plan.write_text(
-        json.dumps(
-            {
-                "gpu": "h100-sxm",
-                "tp": 2,
-                "pp": 1,
-                "max_batch_size": 32,
-                "max_input_len": 128,
-                "max_seq_len": 1024,
-                "max_num_tokens": 256,
-                "quant": "none",
-                "kv_cache_dtype": "fp8",
-                "dtype": "float16",
-                "replicas": 4,
-                "expected_tokens_per_s": 1234.5,
-            }
-        )
+    from trtbuild.plan import plan_from_spec
+    from trtbuild.specs import PlanRequest, PlanSpec
+
+    made = plan_from_spec(
+        PlanSpec(model=str(tiny_model), gpu="h100-sxm", request=PlanRequest(max_input_len=128))
     )
+    limits = {"max_batch_size": 32, "max_input_len": 128, "max_seq_len": 1024}
+    chosen = made.model_copy(
+        update={
+            "tp": 2,
+            "pp": 1,
+            "max_num_tokens": 256,
+            "quant": "none",
+            **limits,
+            "kv_cache_dtype": "fp8",
+            "dtype": "float16",
+        }  # fmt: skip
+    )
+    plan = tmp_path / "plan.json"
+    plan.write_text(chosen.model_dump_json())
     result = build_engine(
         EngineSpec(
             checkpoint=tiny_model, out=tmp_path / "e", plan=plan, max_batch_size=4, dry_run=True

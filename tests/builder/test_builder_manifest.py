@@ -153,7 +153,7 @@ def test_portable_engine_records_torch_transformers_and_its_hash(
     import hashlib
     from importlib import metadata
 
-    from trtbuild.builder.portable import prepare_portable_engine
+    from trtbuild.builder.engine import prepare_portable_engine
 
     out = prepare_portable_engine(tiny_model, tmp_path / "engine", dtype="bfloat16")
     data = json.loads((out / MANIFEST).read_text())

@@ -12,8 +12,8 @@ from click.testing import CliRunner
 
 from tests.builder.builder_fakes import trtbuild_main
 from tests.conftest import Reference
+from trtbuild.builder.engine import prepare_portable_engine
 from trtbuild.builder.manifest import read_manifest
-from trtbuild.builder.portable import prepare_portable_engine
 from trtbuild.errors import SpecError
 
 

@@ -105,7 +105,7 @@ def test_default_dtype_follows_checkpoint_then_gpu(write_checkpoint) -> None:  #
         ),
         (
             {"max_input_len": 8192, "max_seq_len": 16384, "max_num_tokens": 4096},
-            "--max-num-tokens (4096) is below --max-input-len (8192), so the longest prompt cannot be prefilled; raise --max-num-tokens (or enable chunked context in the plan)",
+            "--max-num-tokens (4096) is below --max-input-len (8192), so the longest prompt cannot be prefilled; raise --max-num-tokens to at least --max-input-len",
         ),
     ],
 )

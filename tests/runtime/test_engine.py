@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from pathlib import Path
@@ -27,15 +28,19 @@ from trtbuild.runtime.engine import (
     kv_blocks,
 )
 
+LAYOUTS = ["slots", "dynamic"]
 
-@pytest.fixture(scope="module")
-def engine(tiny_model: Path):  # type: ignore[no-untyped-def]
+
+@pytest.fixture(scope="module", params=LAYOUTS)
+def engine(tiny_model: Path, request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
     eng = Engine(
         str(tiny_model),
         limits=EngineLimits(
             max_batch_size=4, max_seq_len=256, max_num_tokens=256, max_queue_size=8
         ),
+        kv_cache=request.param,
     )
+    assert eng.kv_layout == request.param
     eng.start()
     eng.warmup()
     yield eng
@@ -221,18 +226,44 @@ def test_poisoned_sampling_values_are_refused_at_submit(
 
 
 # -- isolation: a failure while computing one request fails that request alone -------------------
-@pytest.fixture
-def fresh(tiny_model: Path):  # type: ignore[no-untyped-def]
+@pytest.fixture(params=LAYOUTS)
+def fresh(tiny_model: Path, request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
     """An engine of its own, for tests that break parts of it."""
     eng = Engine(
         str(tiny_model),
         limits=EngineLimits(
             max_batch_size=8, max_seq_len=256, max_num_tokens=256, max_queue_size=8
         ),
+        kv_cache=request.param,
     )
     eng.start()
     yield eng
     eng.stop()
+
+
+def break_forward(engine: Engine, monkeypatch: pytest.MonkeyPatch, fail) -> None:  # type: ignore[no-untyped-def]
+    """Make the engine's forward passes raise where ``fail(kind, input_ids)`` says so, after
+    computing (so a decode step's KV appends have happened); ``kind``: prefill or decode."""
+    if engine.kv_layout == "slots":
+        module = engine.model.get_decoder()  # the slot layout runs the decoder, then lm_head
+
+        def kind(kwargs) -> str:  # type: ignore[no-untyped-def]
+            return "prefill" if kwargs.get("attention_mask") is None else "decode"
+    else:
+        module = engine.model
+
+        def kind(kwargs) -> str:  # type: ignore[no-untyped-def]
+            return "prefill" if kwargs.get("past_key_values") is None else "decode"
+
+    forward = module.forward
+
+    def flaky(*args, **kwargs):  # type: ignore[no-untyped-def]
+        out = forward(*args, **kwargs)
+        if fail(kind(kwargs), kwargs["input_ids"]):
+            raise RuntimeError(f"simulated {kind(kwargs)} failure")
+        return out
+
+    monkeypatch.setattr(module, "forward", flaky)
 
 
 class Run:
@@ -302,16 +333,17 @@ def test_a_row_whose_processing_raises_fails_alone(fresh: Engine, reference: Ref
 def test_a_prefill_that_raises_fails_its_request_only(
     fresh: Engine, reference: Reference, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    model = fresh.model
-    forward = model.forward
+    import torch
 
-    def flaky(*args, **kwargs):  # type: ignore[no-untyped-def]
-        ids = kwargs.get("input_ids")
-        if kwargs.get("past_key_values") is None and ids is not None and ids.shape[1] == 11:
-            raise RuntimeError("simulated prefill failure")
-        return forward(*args, **kwargs)
+    culprit = torch.arange(1, 12)
 
-    monkeypatch.setattr(model, "forward", flaky)
+    def fail(kind, ids):  # type: ignore[no-untyped-def]
+        # the culprit's prompt in any row: batched with others, only it must fail
+        return (
+            kind == "prefill" and ids.shape[1] >= 11 and bool((ids[:, :11] == culprit).all(1).any())
+        )
+
+    break_forward(fresh, monkeypatch, fail)
     runs = _innocents(fresh)
     failed = Run(fresh, list(range(1, 12)), 8, end_id=-1).wait()
     assert failed.error == "prefill failed: RuntimeError: simulated prefill failure"
@@ -320,23 +352,51 @@ def test_a_prefill_that_raises_fails_its_request_only(
     assert later.tokens == reference.greedy([1, 50, 60], 6)
 
 
+def test_a_batched_prefill_that_raises_is_retried_one_request_at_a_time(
+    tiny_model: Path, reference: Reference, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torch
+
+    eng = Engine(
+        str(tiny_model), limits=EngineLimits(max_batch_size=8, max_seq_len=256), kv_cache="slots"
+    )
+    widths: list[int] = []
+
+    def fail(kind, ids):  # type: ignore[no-untyped-def]
+        if kind == "prefill":
+            widths.append(ids.shape[0])
+            return bool((ids[:, :3] == torch.tensor([1, 66, 67])).all(1).any())
+        return False
+
+    break_forward(eng, monkeypatch, fail)
+    runs = [Run(eng, p, 8, end_id=-1) for p in ([1, 20, 30], [1, 66, 67], [1, 21, 31, 41, 51])]
+    eng.start()  # all three are queued: one batched prefill, then one at a time
+    try:
+        for run in runs:
+            run.wait()
+    finally:
+        eng.stop()
+    assert widths[0] == 3 and widths[1:] == [1, 1, 1]
+    assert runs[1].error == "prefill failed: RuntimeError: simulated prefill failure"
+    for run in (runs[0], runs[2]):
+        assert run.error is None and run.tokens == reference.greedy(run.request.prompt, 8)
+
+
 def test_a_failed_decode_step_drops_the_newest_row_and_retries(
     fresh: Engine, reference: Reference, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    model = fresh.model
-    forward = model.forward
     armed = threading.Event()
     failures = []
 
-    def flaky(*args, **kwargs):  # type: ignore[no-untyped-def]
-        out = forward(*args, **kwargs)  # the KV cache grows first: the retry must cut it back
-        if armed.is_set() and kwargs.get("past_key_values") is not None and len(fresh._rows) == 4:
+    def fail(kind, ids):  # type: ignore[no-untyped-def]
+        # after computing: the KV cache grew first, so the retry must cut it back
+        if armed.is_set() and kind == "decode" and len(fresh._rows) == 4:
             armed.clear()
             failures.append(len(fresh._rows))
-            raise RuntimeError("simulated decode failure")
-        return out
+            return True
+        return False
 
-    monkeypatch.setattr(model, "forward", flaky)
+    break_forward(fresh, monkeypatch, fail)
     runs = _innocents(fresh)
     while not all(r.events for r in runs):
         time.sleep(0.001)
@@ -353,6 +413,8 @@ def test_a_failed_decode_step_drops_the_newest_row_and_retries(
 def test_a_merge_that_fails_half_way_leaves_the_batch_as_it_was(
     fresh: Engine, reference: Reference, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    if fresh.kv_layout != "dynamic":
+        pytest.skip("only the dynamic layout merges caches (slots: test_a_reused_slot...)")
     pad = engine_module._left_pad
     calls = {"n": 0}
     merge = fresh._merge
@@ -448,3 +510,104 @@ def test_events_carry_kv_accounting_and_times(engine: Engine) -> None:
     assert kv_blocks(events[-1].kv_tokens) == -(-(39 + 29) // TOKENS_PER_BLOCK) == 3
     assert start <= req.scheduled_ns <= req.first_token_ns <= req.last_token_ns
     assert events[-1].token_ns == req.last_token_ns
+
+
+# -- the slot layout -----------------------------------------------------------------------------------
+def test_rows_finishing_at_different_steps_keep_their_own_cache(
+    engine: Engine, reference: Reference
+) -> None:
+    """Finished rows leave holes that the last rows move into; every stream stays exact."""
+    lengths = [3, 24, 7, 15, 1, 30, 9]
+    prompts = [[1] + [(i * 11 + j * 5) % 1700 + 7 for j in range(4 + 6 * i)] for i in range(7)]
+    runs = [Run(engine, p, n, end_id=-1) for p, n in zip(prompts, lengths, strict=True)]
+    for run, prompt, n in zip(runs, prompts, lengths, strict=True):
+        assert run.wait().tokens == reference.greedy(prompt, n)
+
+
+def test_a_reused_slot_is_zeroed_past_the_new_prompt(
+    tiny_model: Path, reference: Reference
+) -> None:
+    """What a request left in its slot, even NaN, never reaches the slot's next request."""
+    eng = Engine(
+        str(tiny_model), limits=EngineLimits(max_batch_size=1, max_seq_len=256), kv_cache="slots"
+    )
+    eng.start()
+    try:
+        Run(eng, list(range(1, 101)), 12, end_id=-1).wait()
+        assert eng.slots is not None and eng.slots.dirty[0] >= 111
+        eng.slots.kv[:, :, 0, : eng.slots.dirty[0]] = float("nan")  # as a poisoned model would
+        run = Run(eng, [1, 33, 44, 55], 24, end_id=-1).wait()
+        assert run.error is None and run.tokens == reference.greedy([1, 33, 44, 55], 24)
+    finally:
+        eng.stop()
+
+
+def test_the_kv_budget_in_tokens_caps_the_batch(tiny_model: Path, reference: Reference) -> None:
+    limits = EngineLimits(
+        max_batch_size=8, max_seq_len=128, max_tokens_in_paged_kv_cache=3 * 128 + 5
+    )
+    eng = Engine(str(tiny_model), limits=limits, kv_cache="slots")
+    assert eng.limits.max_batch_size == 3 and eng.batch_buckets == [1, 2, 3]
+    assert eng.slots is not None and eng.slots.kv.shape[2:4] == (3, 128)
+    assert eng.kv_cache_bytes == 3 * 128 * eng.kv_bytes_per_token
+    cfg = eng.model.config
+    assert (
+        eng.kv_bytes_per_token
+        == cfg.num_hidden_layers
+        * 2
+        * cfg.num_key_value_heads
+        * (cfg.hidden_size // cfg.num_attention_heads)
+        * 4
+    )  # fp32 on CPU
+    eng.start()
+    try:
+        runs = [Run(eng, [1, 9, 10 + i], 6, end_id=-1) for i in range(5)]  # 5 requests, 3 slots
+        for i, run in enumerate(runs):
+            assert run.wait().tokens == reference.greedy([1, 9, 10 + i], 6)
+    finally:
+        eng.stop()
+    with pytest.raises(ValueError, match="KV-cache budget holds no sequence of max_seq_len 128"):
+        Engine(
+            str(tiny_model), limits=dataclasses.replace(limits, max_tokens_in_paged_kv_cache=100)
+        )
+
+
+def test_models_the_slot_layout_cannot_serve_exactly_get_the_dynamic_one(tiny_model: Path) -> None:
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model)
+    model.config.sliding_window = 16  # attention would have to forget: slots do not
+    with pytest.raises(ValueError, match=r"sliding window \(16\) is shorter than max_seq_len 64"):
+        Engine("", model=model, limits=EngineLimits(max_seq_len=64), kv_cache="slots")
+    assert Engine("", model=model, limits=EngineLimits(max_seq_len=64)).kv_layout == "dynamic"
+    model.config.sliding_window = None
+    model.config.model_type = "gpt2"
+    assert "model type 'gpt2'" in (engine_module._slots_unsupported(model, 64) or "")
+
+
+def test_buckets() -> None:
+    assert engine_module._buckets(64, 1) == [1, 2, 4, 8, 16, 32, 64]
+    assert engine_module._buckets(48, 1) == [1, 2, 4, 8, 16, 32, 48]
+    assert engine_module._buckets(256, 64) == [64, 128, 256]
+    assert engine_module._buckets(1, 1) == [1]
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")  # torch's own
+def test_the_compiled_decode_step_matches_generate(tiny_model: Path, reference: Reference) -> None:
+    """compile_decode (opt-in): torch.compile with dynamic rows; one compilation for every batch
+    above one, and the same tokens."""
+    eng = Engine(
+        str(tiny_model),
+        limits=EngineLimits(max_batch_size=4, max_seq_len=128),
+        kv_cache="slots",
+        compile_decode=True,
+    )
+    eng.start()
+    try:
+        prompts = [[1] + [(i * 17 + j * 3) % 1900 + 6 for j in range(3 + 11 * i)] for i in range(5)]
+        runs = [Run(eng, p, 10, end_id=-1) for p in prompts]
+        for run, prompt in zip(runs, prompts, strict=True):
+            assert run.wait().tokens == reference.greedy(prompt, 10)
+        assert eng._forward != eng._decode_forward  # it did not fall back to eager
+    finally:
+        eng.stop()

@@ -8,24 +8,50 @@ need trtbuild installed).
 Design:
 - One engine thread owns the model and one running batch. Requests join and leave between decode
   steps (inflight batching); ``submit`` and ``cancel`` only touch a locked queue.
-- A new request is prefilled on its own (no padding, so its logits are exactly what
-  ``model.generate`` sees), then its KV cache is left-padded into the running batch. Each decode
-  step feeds one token per row with a 2-D attention mask and per-row positions. Finished rows are
-  dropped, and KV columns that are padding in every row are trimmed.
 - Limits are explicit: ``max_batch_size`` rows decode together, ``max_seq_len`` bounds prompt +
   output per request, ``max_num_tokens`` bounds prefill tokens per scheduler iteration, and
   ``max_queue_size`` bounds the requests that wait beyond the free batch slots (admission control).
 - Tokens are handed to ``Request.on_event`` from the engine thread; the caller decides how to ship
   them (the Triton model moves sending onto another thread, keeping I/O off the decode loop).
 
+Two KV-cache layouts; ``kv_cache="auto"`` takes slots for the models they are known to be exact
+for (full causal attention through transformers' attention interface: Llama, Mistral without a
+sliding window, Qwen2, Qwen3), dynamic otherwise.
+
+- ``slots`` (the fast path): one preallocated K/V tensor, ``[layers, 2, slots, max_seq_len,
+  kv_heads, head_dim]``, sized before serving from a memory budget with TensorRT-LLM's semantics
+  (``max_tokens_in_paged_kv_cache`` tokens if set, else ``kv_cache_free_gpu_mem_fraction`` of the
+  GPU memory free after loading; never more than ``max_batch_size x max_seq_len`` tokens, so GPU
+  memory is weights + that + a fixed reserve). A request owns one slot for its life; running rows
+  are kept in slots ``0..n-1`` (a finished row's slot is filled by moving the last row's KV in), so
+  joining and leaving never re-pad anything. Admitted requests are prefilled together, right-padded
+  to one width with a plain causal mask (padding comes after every real token, so a row's logits
+  are exactly those of its prompt alone), writing their KV straight into their slots. A decode step
+  feeds one token per row at its own position; attention reads each slot's first ``L`` positions
+  with a per-row mask, through ``scaled_dot_product_attention`` with the query heads of one KV head
+  folded into its query length (no repeated keys). Batch sizes are rounded up to a bucket (1, 2, 4,
+  ... max) and ``L`` to a bucket (64, 128, ... max_seq_len); on CUDA each (batch, L) bucket's whole
+  decode step (forward, logits, argmax) is one captured CUDA graph, all captured by ``warmup`` before
+  serving, so the GPU never waits on Python launches and no request pays for a new shape (cuDNN
+  attention, which plans every new shape, is switched off for the process). ``compile_decode``
+  (opt-in) also fuses the step with ``torch.compile``. The engine waits for the GPU with the GIL
+  released, so the caller's sender thread runs meanwhile.
+- ``dynamic`` (any causal LM): a request is prefilled on its own, then its transformers
+  ``DynamicCache`` is left-padded into the running batch; finished rows are dropped and KV columns
+  that are padding in every row are trimmed.
+
 Isolation: a failure while computing one request fails that request alone.
 - Sampling guards every row: a row whose processed logits are NaN, +inf or all -inf fails with an
   error naming its sampling parameters; so does a row whose own processing raises.
 - A prefill that raises fails its request; the running batch is untouched (merging a new row into
-  the batch undoes itself if it fails half-way).
+  the batch undoes itself if it fails half-way; slot prefills write only free slots, and a batched
+  prefill that raises is retried one request at a time, so only the culprit fails).
 - A decode step that raises is retried without one row: the KV cache is cut back to its pre-step
-  length, the most recently admitted row (the culprit is unknown: a forward pass fails as a whole)
-  gets an error, and the step runs again, and so on.
+  length (slots: nothing to undo, the retry rewrites the same positions), the most recently
+  admitted row (the culprit is unknown: a forward pass fails as a whole) gets an error, and the
+  step runs again, and so on.
+- A slot is zeroed past its new request's prompt before reuse, so what one request left in the
+  cache (even NaN) never reaches the next one's attention.
 - Anything else that escapes the engine thread kills it: every queued, admitted and running
   request gets an error event, later ``submit`` calls raise ``EngineDead``, and ``on_fatal`` is
   called (the Triton model then exits its process so the server sees a dead model, never silence).
@@ -61,6 +87,13 @@ FINISH_ERROR = "error"
 # own tokens in blocks of this size gives TensorRT-LLM's block outputs a real meaning.
 TOKENS_PER_BLOCK = 32
 
+# the slot layout serves these model types: full causal attention through transformers' attention
+# interface, a decoder (get_decoder) and an output embedding (get_output_embeddings) only
+SLOT_MODEL_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3"})
+SLOT_ATTENTION = "trtbuild_slots"  # the attention implementation registered with transformers
+PREFILL_ALIGN = 8  # a batched prefill's width is rounded up to this many tokens
+ACTIVATION_SLACK_BYTES = 512 * 2**20  # cuBLAS workspaces, CUDA-graph pool, allocator slack
+
 log = logging.getLogger("trtbuild.runtime")
 
 
@@ -78,6 +111,32 @@ class EngineDead(RuntimeError):
 
 class _RowFailure(Exception):
     """One row of a step cannot continue; the message goes to that request only."""
+
+
+class _Task:
+    """Work handed to the engine thread; the caller waits for it and gets its exception."""
+
+    def __init__(self, fn: Callable[[], None]) -> None:
+        self.fn = fn
+        self.done = threading.Event()
+        self.failure: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self.fn()
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller
+            self.failure = exc
+        finally:
+            self.done.set()
+
+    def abandon(self, message: str) -> None:
+        self.failure = EngineDead(message)
+        self.done.set()
+
+    def wait(self) -> None:
+        self.done.wait()
+        if self.failure is not None:
+            raise self.failure
 
 
 @dataclasses.dataclass
@@ -164,6 +223,10 @@ class EngineLimits:
     max_seq_len: int = 2048
     max_num_tokens: int = 4096
     max_queue_size: int = 1024
+    # the slot KV cache's budget, as TensorRT-LLM's KvCacheConfig: tokens if > 0, else this
+    # fraction of the GPU memory free after the weights (and the activation reserve) are in place
+    kv_cache_free_gpu_mem_fraction: float = 0.9
+    max_tokens_in_paged_kv_cache: int = 0
 
 
 class Engine:
@@ -179,9 +242,15 @@ class Engine:
         num_threads: int = 0,
         attn_implementation: str = "sdpa",
         on_fatal: Callable[[str], None] | None = None,
+        kv_cache: str = "auto",
+        cuda_graphs: bool = True,
+        compile_decode: bool = False,
+        model: Any = None,
     ) -> None:
-        from transformers import AutoModelForCausalLM
-
+        """``kv_cache``: ``auto``, ``slots`` or ``dynamic`` (see the module docstring).
+        ``compile_decode``: fuse the slot layout's decode step with ``torch.compile`` (dynamic
+        shapes: one compilation for every bucket), compiled at ``warmup``.
+        ``model``: an already loaded causal LM to serve instead of loading ``model_dir``."""
         if num_threads > 0:
             torch.set_num_threads(num_threads)
         if device == "auto":
@@ -189,10 +258,15 @@ class Engine:
         self.device = torch.device(device)
         self.dtype = _resolve_dtype(dtype, self.device)
         self.limits = limits or EngineLimits()
-        model: Any = AutoModelForCausalLM.from_pretrained(
-            model_dir, dtype=self.dtype, attn_implementation=attn_implementation
-        )
-        self.model = model.to(self.device).eval()
+        if kv_cache not in ("auto", "slots", "dynamic"):
+            raise ValueError(f"kv_cache must be auto, slots or dynamic; got {kv_cache!r}")
+        if model is None:
+            from transformers import AutoModelForCausalLM
+
+            model = AutoModelForCausalLM.from_pretrained(
+                model_dir, dtype=self.dtype, attn_implementation=attn_implementation
+            )
+        self.model = model.to(device=self.device, dtype=self.dtype).eval()
         self.vocab_size = int(self.model.config.vocab_size)
         max_pos = getattr(self.model.config, "max_position_embeddings", None)
         if max_pos and self.limits.max_seq_len > max_pos:
@@ -205,13 +279,34 @@ class Engine:
         self._queue: collections.deque[Request] = collections.deque()
         self._cv = threading.Condition()
         self._stop = False
+        self._tasks: list[_Task] = []  # run on the engine thread (warm-up captures)
         self._rows: list[Request] = []  # running batch, one row per request
         self._admitting: list[Request] = []  # taken from the queue, not yet in the batch
         self._admissions = 0
+        # dynamic layout
         self._cache: Any = None
         self._mask: torch.Tensor | None = None  # [rows, kv_len] 1 = real token
         self._next_pos: torch.Tensor | None = None  # [rows] position of the next token
         self._last: torch.Tensor | None = None  # [rows] last sampled token
+        # slot layout
+        unsupported = _slots_unsupported(self.model, self.limits.max_seq_len)
+        if kv_cache == "slots" and unsupported:
+            raise ValueError(f"kv_cache=slots cannot serve this model: {unsupported}")
+        self.kv_layout = "slots" if kv_cache != "dynamic" and not unsupported else "dynamic"
+        self.slots: _SlotCache | None = None
+        self._tok: list[int] = []  # [rows] last sampled token (slot layout)
+        self._pos: list[int] = []  # [rows] position of the next token to feed (slot layout)
+        self.graphs: dict[tuple[int, int], Any] = {}  # (batch bucket, L bucket) -> CUDAGraph
+        self._forward: Callable[..., torch.Tensor] = self._decode_forward  # or its compiled self
+        self.compile_seconds = 0.0
+        self._graph_pool: Any = None
+        self.cuda_graphs = bool(cuda_graphs) and self.device.type == "cuda"
+        if self.kv_layout == "slots":
+            self._setup_slots(spare=compile_decode)
+            if compile_decode:
+                self._forward = _dynamic_rows(torch.compile(self._decode_forward))
+        elif getattr(self.model.config, "_attn_implementation", None) == SLOT_ATTENTION:
+            self.model.set_attn_implementation(attn_implementation)  # a model a slot engine had
         self.steps = 0
         self._thread = threading.Thread(target=self._loop, name="trtbuild-engine", daemon=True)
 
@@ -340,7 +435,10 @@ class Engine:
         return out
 
     def warmup(self, prompt_len: int = 8, new_tokens: int = 4) -> None:
-        """Run a few requests through every code path (prefill, merge, decode) before serving."""
+        """Before serving: capture every decode bucket's CUDA graph (slot layout on CUDA), then
+        run a few requests through every code path (prefill, joining, decode)."""
+        if self.cuda_graphs and self.slots is not None:
+            self._on_engine_thread(self._capture_all)
         prompts = [[(i * 7 + j) % self.vocab_size for j in range(prompt_len + i)] for i in range(2)]
         threads = [
             threading.Thread(target=self.generate, args=(p, new_tokens), kwargs={"end_id": -1})
@@ -351,23 +449,48 @@ class Engine:
         for t in threads:
             t.join()
 
+    def _on_engine_thread(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` on the engine thread between iterations and wait for it (re-raising)."""
+        task = _Task(fn)
+        with self._cv:
+            if self.dead is not None:
+                raise EngineDead(f"the portable runtime's engine thread died ({self.dead})")
+            running = self._thread.is_alive() and not self._stop
+            if running:
+                self._tasks.append(task)
+                self._cv.notify()
+        if not running:
+            with torch.inference_mode():
+                task.run()  # not started (or stopped): nothing else touches the model
+        task.wait()
+
     # -- engine thread --------------------------------------------------------------------------
     def _loop(self) -> None:
         try:
             while True:
                 with self._cv:
-                    while not self._stop and not self._queue and not self._rows:
+                    while not self._stop and not self._queue and not self._rows and not self._tasks:
                         self._cv.wait()
                     if self._stop:
                         break
+                    tasks, self._tasks = self._tasks, []
                     self._admitting = self._admit_locked()
                 with torch.inference_mode():
-                    for req in list(self._admitting):
-                        self._prefill(req)
-                        self._admitting.remove(req)
+                    for task in tasks:
+                        task.run()
+                    if self.slots is not None:
+                        self._prefill_slots(list(self._admitting))
+                    else:
+                        for req in list(self._admitting):
+                            self._prefill(req)
+                            self._admitting.remove(req)
+                    self._admitting = []
                     self._drop_finished()
                     if self._rows:
-                        self._decode_step()
+                        if self.slots is not None:
+                            self._decode_step_slots()
+                        else:
+                            self._decode_step()
                         self._drop_finished()
         except BaseException as exc:  # noqa: BLE001 - the thread dies: say so to every request
             self._die(f"{type(exc).__name__}: {exc}")
@@ -395,6 +518,11 @@ class Engine:
                 self._finish(r, FINISH_ERROR, message)
         self._rows, self._admitting = [], []
         self._cache, self._mask, self._next_pos, self._last = None, None, None, None
+        self._tok, self._pos = [], []
+        with self._cv:
+            tasks, self._tasks = self._tasks, []
+        for task in tasks:  # a warm-up waiting on this thread: let it go
+            task.abandon(message)
 
     def _admit_locked(self) -> list[Request]:
         admitted: list[Request] = []
@@ -457,14 +585,7 @@ class Engine:
                 tokens, lps, errors = self._sample(logits, self._rows)
             except Exception as exc:  # noqa: BLE001 - retry the step without the newest row
                 self._cut_cache(kv_len)
-                victim = max(self._rows, key=lambda r: r._admitted)
-                self._finish(
-                    victim,
-                    FINISH_ERROR,
-                    f"a decode step failed ({type(exc).__name__}: {exc}); this request, the most "
-                    "recently admitted, was dropped and the step retried without it",
-                )
-                self._drop_finished()
+                self._drop_newest(exc)
                 continue
             self._cache = out.past_key_values
             self._mask = mask
@@ -497,8 +618,11 @@ class Engine:
             self._finish(req, FINISH_ERROR, f"{type(exc).__name__}: {exc}")
 
     def _emit_and_check(self, row: int, req: Request, token: int, lp: float, now_ns: int) -> None:
-        assert self._last is not None
-        self._last[row] = token
+        if self.slots is not None:
+            self._tok[row] = token
+        else:
+            assert self._last is not None
+            self._last[row] = token
         if req.first_token_ns == 0:
             req.first_token_ns = now_ns
         req.last_token_ns = now_ns
@@ -535,12 +659,26 @@ class Engine:
         except Exception:  # noqa: BLE001 - its consumer is broken; the request is over anyway
             log.exception("trtbuild portable runtime: a request's final event failed")
 
+    def _drop_newest(self, exc: Exception) -> None:
+        """A decode step failed: end the most recently admitted row so the step can be retried."""
+        victim = max(self._rows, key=lambda r: r._admitted)
+        self._finish(
+            victim,
+            FINISH_ERROR,
+            f"a decode step failed ({type(exc).__name__}: {exc}); this request, the most "
+            "recently admitted, was dropped and the step retried without it",
+        )
+        self._drop_finished()
+
     def _drop_finished(self) -> None:
         for r in self._rows:
             if r.cancelled and r.finish_reason is None:
                 self._finish(r, FINISH_CANCELLED)
         keep = [i for i, r in enumerate(self._rows) if r.finish_reason is None]
         if len(keep) == len(self._rows):
+            return
+        if self.slots is not None:
+            self._compact_slots()
             return
         if not keep:
             self._rows, self._cache, self._mask, self._next_pos, self._last = (
@@ -611,26 +749,335 @@ class Engine:
         self._mask, self._next_pos, self._last = mask, next_pos, last
         self._rows.append(req)
 
+    # -- slot layout --------------------------------------------------------------------------------
+    def _setup_slots(self, spare: bool = False) -> None:
+        """Size and allocate the slot KV cache from the budget; register the attention.
+        ``spare``: one slot more than rows ever use, so that a decode step's slots are always a
+        proper slice of the cache (torch.compile would otherwise compile the full batch again)."""
+        cfg = self.model.config
+        lim = self.limits
+        layers = int(cfg.num_hidden_layers)
+        kv_heads = int(getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads)
+        head_dim = int(getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads)
+        elem = torch.empty((), dtype=self.dtype).element_size()
+        self.kv_bytes_per_token = layers * 2 * kv_heads * head_dim * elem
+        slots = self._kv_slots()
+        if slots < 1:
+            raise ValueError(
+                f"the KV-cache budget holds no sequence of max_seq_len {lim.max_seq_len} "
+                f"({self.kv_bytes_per_token * lim.max_seq_len / 2**20:.0f} MiB each); lower "
+                "max_seq_len, or raise kv_cache_free_gpu_mem_fraction / "
+                "max_tokens_in_paged_kv_cache"
+            )
+        if slots < lim.max_batch_size:
+            log.warning(
+                "trtbuild portable runtime: the KV-cache budget holds %d sequences of %d tokens; "
+                "max_batch_size %d lowered to %d",
+                slots, lim.max_seq_len, lim.max_batch_size, slots,
+            )  # fmt: skip
+            self.limits = dataclasses.replace(lim, max_batch_size=slots)
+        self.slots = _SlotCache(
+            layers, slots + int(spare), lim.max_seq_len, kv_heads, head_dim, self.dtype, self.device
+        )
+        self.kv_cache_bytes = self.slots.kv.numel() * elem
+        self._decoder = self.model.get_decoder()
+        self._lm_head = self.model.get_output_embeddings()
+        _register_attention()
+        self.model.set_attn_implementation(SLOT_ATTENTION)
+        if self.device.type == "cuda":
+            # cuDNN attention plans each new shape (~35 ms on an H200, measured) and is not needed:
+            # prefills take flash attention, decode steps the memory-efficient kernel
+            torch.backends.cuda.enable_cudnn_sdp(False)
+        self.batch_buckets = _buckets(slots, 1)
+        self.length_buckets = _buckets(lim.max_seq_len, min(64, lim.max_seq_len))
+        # static decode inputs and outputs (their addresses are baked into the CUDA graphs)
+        dev = self.device
+        # each row's next token and its position; one spare element, so that a step's inputs
+        # are always a proper slice (torch.compile would otherwise compile the full one again)
+        self._ids = torch.zeros(slots + 1, dtype=torch.long, device=dev)
+        self._positions = torch.zeros(slots + 1, dtype=torch.long, device=dev)
+        self._slot_base = torch.arange(slots + 1, device=dev) * lim.max_seq_len
+        self._arange = torch.arange(lim.max_seq_len, device=dev)
+        self._out_logits = torch.zeros((slots, self.vocab_size), dtype=torch.float32, device=dev)
+        self._out_packed = torch.zeros((2, slots), dtype=torch.long, device=dev)  # argmax, finite
+        pinned = dev.type == "cuda"
+        self._host_packed = torch.zeros((2, slots), dtype=torch.long, pin_memory=pinned)
+
+    def _kv_slots(self) -> int:
+        """How many ``max_seq_len`` sequences the KV budget holds (at most ``max_batch_size``)."""
+        lim = self.limits
+        if lim.max_tokens_in_paged_kv_cache > 0:
+            tokens = lim.max_tokens_in_paged_kv_cache
+        elif self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            free, _ = torch.cuda.mem_get_info(self.device)
+            budget = max(0, free - self.activation_reserve_bytes())
+            tokens = int(budget * lim.kv_cache_free_gpu_mem_fraction) // self.kv_bytes_per_token
+        else:
+            return lim.max_batch_size
+        return min(lim.max_batch_size, tokens // lim.max_seq_len)
+
+    def activation_reserve_bytes(self) -> int:
+        """GPU memory kept out of the KV budget: a ``max_num_tokens`` prefill's activations
+        (as ``trtbuild plan`` counts them), the logits buffers, and cuBLAS/CUDA-graph slack."""
+        cfg, lim = self.model.config, self.limits
+        elem = torch.empty((), dtype=self.dtype).element_size()
+        mlp = int(getattr(cfg, "intermediate_size", 4 * cfg.hidden_size))
+        activations = lim.max_num_tokens * elem * (4 * cfg.hidden_size + 3 * mlp)
+        logits = 3 * lim.max_batch_size * self.vocab_size * 4
+        return activations + logits + ACTIVATION_SLACK_BYTES
+
+    def _prefill_slots(self, reqs: list[Request]) -> None:
+        """Prefill the admitted requests in groups of at most ``max_num_tokens`` padded tokens."""
+        live = []
+        for req in reqs:
+            if req.cancelled:
+                self._finish(req, FINISH_CANCELLED)
+            else:
+                live.append(req)
+        live.sort(key=lambda r: len(r.prompt))
+        group: list[Request] = []
+        for req in live:
+            if (
+                group
+                and (len(group) + 1) * self._width(len(req.prompt)) > self.limits.max_num_tokens
+            ):
+                self._prefill_group(group)
+                group = []
+            group.append(req)
+        if group:
+            self._prefill_group(group)
+
+    def _width(self, n: int) -> int:
+        return min(self.limits.max_seq_len, -(-n // PREFILL_ALIGN) * PREFILL_ALIGN)
+
+    def _prefill_group(self, group: list[Request]) -> None:
+        """One batched prefill; if it raises, each request is prefilled alone (only the culprit
+        fails). Its rows join the batch in the next free slots."""
+        try:
+            logits = self._prefill_forward(group)
+        except Exception as exc:  # noqa: BLE001 - find the culprit, or fail the lone request
+            if len(group) > 1:
+                for req in group:
+                    self._prefill_group([req])
+                return
+            self._finish(group[0], FINISH_ERROR, f"prefill failed: {type(exc).__name__}: {exc}")
+            return
+        tokens, lps, errors = self._sample(logits, group)
+        now = time.monotonic_ns()
+        for i, req in enumerate(group):
+            if errors[i] is not None:
+                self._finish(req, FINISH_ERROR, errors[i])
+                continue
+            row = len(self._rows)
+            if self._prefill_slot(i) != row:  # a request before it in the group failed
+                self._move_slot(self._prefill_slot(i), row)
+            self._rows.append(req)
+            self._tok.append(tokens[i])
+            self._pos.append(len(req.prompt))
+            req.kv_tokens = len(req.prompt)
+            self._emit(row, req, tokens[i], lps[i], now)
+
+    def _prefill_slot(self, i: int) -> int:
+        return self._prefill_base + i
+
+    def _prefill_forward(self, group: list[Request]) -> torch.Tensor:
+        """Write ``group``'s prompts' KV into the free slots after the running rows; return the
+        logits after each prompt's last token, ``[len(group), vocab]`` float32."""
+        assert self.slots is not None
+        k, width = len(group), self._width(max(len(r.prompt) for r in group))
+        base = self._prefill_base = len(self._rows)
+        for i in range(k):
+            self.slots.claim(base + i, width)
+        ids = torch.zeros((k, width), dtype=torch.long)
+        for i, req in enumerate(group):
+            ids[i, : len(req.prompt)] = torch.tensor(req.prompt, dtype=torch.long)
+        ids = ids.to(self.device)
+        positions = torch.arange(width, device=self.device).expand(k, width)
+        self.slots.index = (self._slot_base[base : base + k, None] + positions).reshape(-1)
+        hidden = self._decoder(
+            input_ids=ids,
+            position_ids=positions,
+            attention_mask=None,
+            past_key_values=self.slots,
+            use_cache=True,
+        ).last_hidden_state
+        last = torch.tensor([len(r.prompt) - 1 for r in group], device=self.device)
+        picked = hidden[torch.arange(k, device=self.device), last]
+        return self._lm_head(picked).float()
+
+    def _decode_step_slots(self) -> None:
+        assert self.slots is not None
+        while self._rows:
+            n = len(self._rows)
+            batch = next(b for b in self.batch_buckets if b >= n)
+            length = next(x for x in self.length_buckets if x > max(self._pos))
+            for i in range(batch):
+                self.slots.touch(i, self._pos[i] + 1 if i < n else 1)
+            try:
+                top, finite = self._run_decode(n, batch, length)
+                logits = self._out_logits[:n]
+                tokens, lps, errors = self._sample(logits, self._rows, (top, finite))
+            except Exception as exc:  # noqa: BLE001 - retry the step without the newest row
+                self._drop_newest(exc)
+                continue
+            self._pos = [p + 1 for p in self._pos]
+            self.steps += 1
+            now = time.monotonic_ns()
+            for i, req in enumerate(list(self._rows)):
+                if errors[i] is not None:
+                    self._finish(req, FINISH_ERROR, errors[i])
+                    continue
+                req.kv_tokens += 1
+                self._emit(i, req, tokens[i], lps[i], now)
+            return
+
+    def _run_decode(self, n: int, batch: int, length: int) -> tuple[list[int], list[int]]:
+        """One decode step for rows ``0..n-1`` in bucket (``batch``, ``length``): the argmax
+        and finiteness per row (logits are left in ``_out_logits``)."""
+        pad = batch - n
+        self._ids[:batch].copy_(torch.tensor(self._tok + [0] * pad, dtype=torch.long))
+        self._positions[:batch].copy_(torch.tensor(self._pos + [0] * pad, dtype=torch.long))
+        graph = self.graphs.get((batch, length))
+        if graph is not None:
+            graph.replay()
+        else:
+            self._decode_body(batch, length)
+        self._host_packed[:, :n].copy_(self._out_packed[:, :n], non_blocking=True)
+        self._wait_for_device()
+        packed = self._host_packed[:, :n].tolist()
+        return packed[0], packed[1]
+
+    def _wait_for_device(self) -> None:
+        """Wait for the GPU without holding the GIL (the sender thread runs meanwhile)."""
+        if self.device.type == "cuda":
+            event = torch.cuda.Event()
+            event.record()
+            event.synchronize()
+
+    def _decode_body(self, batch: int, length: int) -> None:
+        """The decode step as CUDA graphs capture it: inputs from ``_ids`` and ``_positions``, outputs into
+        ``_out_logits`` and ``_out_packed``."""
+        assert self.slots is not None
+        ids, pos, window = self._ids[:batch], self._positions[:batch], self._arange[:length]
+        self.slots.decoding = True
+        try:
+            try:
+                logits = self._forward(ids, pos, window)
+            except Exception:
+                if self._forward == self._decode_forward:
+                    raise
+                log.warning(
+                    "trtbuild portable runtime: torch.compile of the decode step failed; "
+                    "decoding without it",
+                    exc_info=True,
+                )
+                self._forward = self._decode_forward
+                logits = self._forward(ids, pos, window)
+        finally:
+            self.slots.decoding = False
+        self._out_logits[:batch].copy_(logits)
+        values, top = logits.max(dim=-1)
+        self._out_packed[0, :batch].copy_(top)
+        self._out_packed[1, :batch].copy_(torch.isfinite(values))
+
+    def _decode_forward(
+        self, ids: torch.Tensor, pos: torch.Tensor, window: torch.Tensor
+    ) -> torch.Tensor:
+        """Logits after one token per row at ``pos``, attending to positions ``window`` (0..L-1)
+        that are <= the row's own (``torch.compile`` fuses this when ``compile_decode``)."""
+        assert self.slots is not None
+        self.slots.index = self._slot_base[: pos.shape[0]] + pos  # row i is slot i
+        visible = window.unsqueeze(0) <= pos.unsqueeze(1)
+        mask = torch.zeros(visible.shape, dtype=self.dtype, device=pos.device)
+        mask = mask.masked_fill(~visible, float("-inf"))[:, None, None, :]
+        hidden = self._decoder(
+            input_ids=ids.unsqueeze(1),
+            position_ids=pos.unsqueeze(1),
+            attention_mask=mask,
+            past_key_values=self.slots,
+            use_cache=True,
+        ).last_hidden_state
+        return self._lm_head(hidden[:, -1]).float()
+
+    def _capture_all(self) -> None:
+        """Capture every (batch, L) bucket's decode step, largest first (they share one pool)."""
+        assert self.slots is not None
+        if self._rows:
+            raise RuntimeError("CUDA graphs are captured before serving, with no request running")
+        self._graph_pool = self._graph_pool or torch.cuda.graph_pool_handle()
+        self._ids.zero_()
+        self._positions.zero_()
+        for batch, length in sorted(
+            ((b, x) for b in self.batch_buckets for x in self.length_buckets),
+            key=lambda bl: (-bl[0] * bl[1], -bl[0]),
+        ):
+            if (batch, length) in self.graphs:
+                continue
+            for i in range(batch):
+                self.slots.touch(i, 1)  # the warm-up runs write position 0 of free slots
+            side = torch.cuda.Stream(self.device)
+            side.wait_stream(torch.cuda.current_stream(self.device))
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.stream(side):
+                started = time.perf_counter()
+                for _ in range(2):  # lazy initialisation (cuBLAS, compilation) first
+                    self._decode_body(batch, length)
+                self.compile_seconds += time.perf_counter() - started
+                with torch.cuda.graph(graph, pool=self._graph_pool, stream=side):
+                    self._decode_body(batch, length)
+            torch.cuda.current_stream(self.device).wait_stream(side)
+            self.graphs[(batch, length)] = graph
+        torch.cuda.synchronize(self.device)
+
+    def _move_slot(self, src: int, dst: int) -> None:
+        assert self.slots is not None
+        self.slots.move(src, dst)
+
+    def _compact_slots(self) -> None:
+        """Drop finished rows; the last running rows move into the holes (rows stay 0..n-1)."""
+        alive = [r.finish_reason is None for r in self._rows]
+        n = sum(alive)
+        holes = [i for i in range(n) if not alive[i]]
+        tail = [i for i in range(n, len(alive)) if alive[i]]
+        for hole, src in zip(holes, tail, strict=True):
+            self._move_slot(src, hole)
+            self._rows[hole], self._tok[hole], self._pos[hole] = (
+                self._rows[src],
+                self._tok[src],
+                self._pos[src],
+            )
+        del self._rows[n:], self._tok[n:], self._pos[n:]
+
     # -- sampling ---------------------------------------------------------------------------------
     def _sample(
-        self, logits: torch.Tensor, reqs: list[Request]
+        self,
+        logits: torch.Tensor,
+        reqs: list[Request],
+        argmax: tuple[list[int], list[int]] | None = None,
     ) -> tuple[list[int], list[float], list[str | None]]:
         """One token per row, and per row ``None`` or the error that ends that request.
 
-        Every row gets the vectorised argmax (one max over the batch, one transfer); rows with
-        something to apply to their logits (sampling, penalties, bad words, bias, min_tokens) are
-        then recomputed on their own.
+        Every row gets the vectorised argmax (one max over the batch, one transfer; ``argmax``:
+        already computed, with each row's finiteness); rows with something to apply to their
+        logits (sampling, penalties, bad words, bias, min_tokens) are then recomputed on their own.
         """
         n = len(reqs)
-        values, top = logits.max(dim=-1)
-        ok = torch.isfinite(values)
+        if argmax is None:
+            values, top = logits.max(dim=-1)
+            ok = torch.isfinite(values)
+            stacked = torch.stack([top, ok.to(top.dtype)])
+            self._wait_for_device()
+            packed = stacked.tolist()
+        else:
+            packed = [list(argmax[0]), list(argmax[1])]
         simple = [r._simple() for r in reqs]
         want_lp = [r.return_log_probs and simple[i] for i, r in enumerate(reqs)]
         if any(want_lp):
-            lps = torch.log_softmax(logits, dim=-1).gather(1, top.unsqueeze(1)).squeeze(1).tolist()
+            top_ids = torch.tensor(packed[0], device=logits.device).unsqueeze(1)
+            lps = torch.log_softmax(logits, dim=-1).gather(1, top_ids).squeeze(1).tolist()
         else:
             lps = [0.0] * n
-        packed = torch.stack([top, ok.to(top.dtype)]).tolist()
         tokens: list[int] = packed[0]
         errors: list[str | None] = [None] * n
         for i, req in enumerate(reqs):
@@ -667,6 +1114,166 @@ class Engine:
         tok = int(torch.multinomial(probs, 1, generator=req._generator))
         lp = float(torch.log(probs[tok])) if req.return_log_probs else 0.0
         return tok, lp
+
+
+# -- the slot layout's cache and attention --------------------------------------------------------
+class _SlotCache:
+    """The slot layout's KV cache, shaped ``[layers, 2, slots, max_seq_len, kv_heads, head_dim]``.
+
+    transformers' attention layers call ``update`` with each forward's new keys and values; it
+    writes them at ``index`` (flat ``slot * max_seq_len + position``, one per new token) and
+    returns what attention reads: the new keys themselves during a prefill (a prompt attends to
+    itself), else slots ``0..batch-1``, of which attention reads the first ``L`` positions (``L``:
+    the mask's width).
+
+    ``dirty[slot]``: positions that may hold something; everything after is zero. ``claim``
+    zeroes a slot past a new prompt's width, so nothing of a slot's previous request can reach
+    its next one (not even NaN: masked positions weigh 0, and 0 x NaN is NaN).
+    """
+
+    def __init__(
+        self,
+        layers: int,
+        slots: int,
+        seq: int,
+        kv_heads: int,
+        head_dim: int,
+        dtype: torch.dtype,
+        device: torch.device,
+    ) -> None:
+        self.kv = torch.zeros(
+            (layers, 2, slots, seq, kv_heads, head_dim), dtype=dtype, device=device
+        )
+        self.flat = self.kv.view(layers, 2, slots * seq, kv_heads, head_dim)
+        self.num_slots, self.seq = slots, seq
+        self.dirty = [0] * slots
+        self.index: torch.Tensor | None = None
+        self.decoding = False  # prefill: attention reads the new keys themselves
+
+    # transformers' Cache protocol, as far as the supported models use it
+    is_compileable = False
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return 0
+
+    def update(
+        self,
+        key_states: torch.Tensor,
+        value_states: torch.Tensor,
+        layer_idx: int,
+        cache_kwargs: dict[str, Any] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        assert self.index is not None
+        b, heads, t, d = key_states.shape
+        self.flat[layer_idx, 0][self.index] = key_states.transpose(1, 2).reshape(-1, heads, d)
+        self.flat[layer_idx, 1][self.index] = value_states.transpose(1, 2).reshape(-1, heads, d)
+        if not self.decoding:
+            return key_states, value_states
+        layer = self.kv[layer_idx, :, :b]  # [2, batch, max_seq_len, kv_heads, head_dim]
+        return layer[0].transpose(1, 2), layer[1].transpose(1, 2)  # attention reads the first L
+
+    # bookkeeping (engine thread)
+    def touch(self, slot: int, positions: int) -> None:
+        self.dirty[slot] = max(self.dirty[slot], positions)
+
+    def claim(self, slot: int, width: int) -> None:
+        """``slot`` takes a new request whose prefill writes positions ``0..width-1``."""
+        if self.dirty[slot] > width:
+            self.kv[:, :, slot, width : self.dirty[slot]].zero_()
+        self.dirty[slot] = width
+
+    def move(self, src: int, dst: int) -> None:
+        """Slot ``dst`` becomes what ``src`` holds (``src`` is free afterwards)."""
+        n = max(self.dirty[src], self.dirty[dst])
+        if n:
+            self.kv[:, :, dst, :n].copy_(self.kv[:, :, src, :n])
+        self.dirty[dst] = self.dirty[src]
+
+
+def _slot_attention(
+    module: Any,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
+    """transformers attention for ``_SlotCache``: causal over the new tokens in a prefill (no
+    mask); in a decode step (one query per row, ``attention_mask`` ``[batch, 1, 1, L]``), the
+    query heads that share a KV head become that head's query length, so keys are read once."""
+    heads, kv_heads = query.shape[1], key.shape[1]
+    groups = heads // kv_heads
+    if attention_mask is None:
+        if groups > 1:
+            key = key.repeat_interleave(groups, dim=1)
+            value = value.repeat_interleave(groups, dim=1)
+        out = torch.nn.functional.scaled_dot_product_attention(
+            query, key, value, is_causal=query.shape[2] > 1, scale=scaling
+        )
+    else:
+        b, _, t, d = query.shape
+        if t != 1:
+            raise RuntimeError(f"slot decode attention takes one query per row, got {t}")
+        length = attention_mask.shape[-1]
+        folded = query.reshape(b, kv_heads, groups, d)
+        out = torch.nn.functional.scaled_dot_product_attention(
+            folded,
+            key[:, :, :length],
+            value[:, :, :length],
+            attn_mask=attention_mask,
+            scale=scaling,
+        ).reshape(b, heads, t, d)
+    return out.transpose(1, 2).contiguous(), None
+
+
+_REGISTERED = threading.Lock()
+
+
+def _register_attention() -> None:
+    from transformers import AttentionInterface
+
+    with _REGISTERED:
+        AttentionInterface.register(SLOT_ATTENTION, _slot_attention)
+
+
+def _dynamic_rows(compiled: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+    """``compiled`` with each argument's first dimension (rows, or the window length) marked
+    dynamic: one compilation serves every bucket (and one more the batch of one)."""
+
+    def call(*tensors: torch.Tensor) -> torch.Tensor:
+        for t in tensors:
+            torch._dynamo.mark_dynamic(t, 0)
+        return compiled(*tensors)
+
+    return call
+
+
+def _slots_unsupported(model: Any, max_seq_len: int) -> str | None:
+    """Why the slot layout cannot serve ``model`` exactly (None: it can)."""
+    cfg = model.config
+    kind = getattr(cfg, "model_type", None)
+    if kind not in SLOT_MODEL_TYPES:
+        return f"model type {kind!r} (slots serve {', '.join(sorted(SLOT_MODEL_TYPES))})"
+    layer_types = getattr(cfg, "layer_types", None) or []
+    if any(t != "full_attention" for t in layer_types):
+        return "it has sliding-window or other non-full attention layers"
+    window = getattr(cfg, "sliding_window", None)
+    if window and getattr(cfg, "use_sliding_window", True) and window < max_seq_len:
+        return f"its sliding window ({window}) is shorter than max_seq_len {max_seq_len}"
+    if not hasattr(model, "set_attn_implementation"):
+        return "this transformers version cannot switch attention implementations"
+    return None
+
+
+def _buckets(limit: int, smallest: int) -> list[int]:
+    """``smallest``, doubling, below ``limit``; then ``limit``."""
+    out, size = [], smallest
+    while size < limit:
+        out.append(size)
+        size *= 2
+    return [*out, limit]
 
 
 # -- helpers ------------------------------------------------------------------------------------

@@ -77,6 +77,25 @@ def _param_flag(value):
     return str(value).strip().lower() in ("1", "true", "yes")
 
 
+def _instance_placement(args, config, params):
+    """(device, torch threads) of this instance. A ``KIND_GPU`` instance runs on the GPU Triton
+    gave it (``model_instance_device_id``); CPU instances of one model split the cores between
+    them unless ``num_threads`` says otherwise."""
+    device = params.get("device", "auto")
+    threads = int(params.get("num_threads", "0"))
+    if args.get("model_instance_kind") == "GPU" and device in ("auto", "cuda"):
+        return f"cuda:{int(args.get('model_instance_device_id', '0'))}", threads
+    cpu_instances = sum(
+        int(g.get("count", 1))
+        for g in config.get("instance_group", [])
+        if g.get("kind", "KIND_CPU") == "KIND_CPU"
+    )
+    if threads == 0 and cpu_instances > 1 and device != "cuda" and not device.startswith("cuda:"):
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        threads = max(1, (cores or 1) // cpu_instances)
+    return device, threads
+
+
 class _Reply:
     """One Triton request: where its responses go, and the engine requests (rows) it became."""
 
@@ -108,14 +127,21 @@ class TritonPythonModel:
             max_seq_len=int(params.get("max_seq_len", "2048")),
             max_num_tokens=int(params.get("max_num_tokens", "4096")),
             max_queue_size=int(params.get("max_queue_size", "256")),
+            kv_cache_free_gpu_mem_fraction=float(
+                params.get("kv_cache_free_gpu_mem_fraction", "0.9")
+            ),
+            max_tokens_in_paged_kv_cache=int(params.get("max_tokens_in_paged_kv_cache", "0")),
         )
+        device, num_threads = _instance_placement(args, config, params)
         self.engine = Engine(
             params["model_dir"],
-            device=params.get("device", "auto"),
+            device=device,
             dtype=params.get("dtype", "auto"),
             limits=limits,
-            num_threads=int(params.get("num_threads", "0")),
+            num_threads=num_threads,
             on_fatal=self._engine_died,
+            kv_cache=params.get("kv_cache", "auto"),
+            cuda_graphs=_param_flag(params.get("cuda_graphs", "true")),
         )
         tokenizer_dir = params.get("tokenizer_dir", "")
         self.text = Text(tokenizer_dir) if tokenizer_dir else None
@@ -142,12 +168,19 @@ class TritonPythonModel:
         self._by_request_id = {}  # Triton request id -> _Reply, for `stop` requests
         self._lock = threading.Lock()
         self._running = True
-        self._metrics = self._make_metrics(limits.max_batch_size)
+        # each instance's gauges carry its name: instances of one model would share them
+        self._metric_labels = {
+            "model": args.get("model_name", "tensorrt_llm"),
+            "version": str(args.get("model_version", "1")),
+            "model_instance": args.get("model_instance_name", ""),
+        }
+        self._metrics = self._make_metrics(self.engine.limits.max_batch_size)
         self._sender = threading.Thread(target=self._send_loop, name="trtbuild-sender", daemon=True)
         self._sender.start()
         pb_utils.Logger.log_info(
             f"trtbuild portable runtime ready: device={self.engine.device} dtype={self.engine.dtype} "
-            f"max_batch_size={limits.max_batch_size} max_seq_len={limits.max_seq_len}"
+            f"max_batch_size={self.engine.limits.max_batch_size} max_seq_len={limits.max_seq_len} "
+            f"kv_cache={self.engine.kv_layout} cuda_graphs={len(self.engine.graphs)}"
         )
 
     # -- requests -------------------------------------------------------------------------------
@@ -339,8 +372,10 @@ class TritonPythonModel:
                 description="TensorRT-LLM-compatible request metrics (trtbuild portable runtime)",
                 kind=pb_utils.MetricFamily.GAUGE,
             )
+            labels = self._metric_labels
             gauges = {
-                t: family.Metric(labels={"request_type": t}) for t in ("active", "waiting", "max")
+                t: family.Metric(labels={**labels, "request_type": t})
+                for t in ("active", "waiting", "max")
             }
             gauges["max"].set(max_batch_size)
             general = pb_utils.MetricFamily(
@@ -348,7 +383,7 @@ class TritonPythonModel:
                 description="TensorRT-LLM-compatible general metrics (trtbuild portable runtime)",
                 kind=pb_utils.MetricFamily.GAUGE,
             )
-            iterations = general.Metric(labels={"general_type": "iteration_counter"})
+            iterations = general.Metric(labels={**labels, "general_type": "iteration_counter"})
             # the families must outlive their metrics: keep them with the model
             self._metric_families = (family, general, gauges)
             return {

@@ -1,0 +1,862 @@
+#!/usr/bin/env python3
+"""The portable runtime on a CUDA GPU: parity, speed and memory, in process and served.
+
+`make bench-gpu` runs it. The model is Llama-3-8B-shaped (vocab 128256, hidden 4096, MLP 14336,
+32 layers, 32 heads, 8 KV heads, untied) with random bf16 weights made on the GPU: the same bytes
+and FLOPs as the real checkpoint, nothing downloaded. Tokens are random ids, end tokens ignored.
+
+Phases (``--phases``, comma-separated; each writes its JSON to ``--out`` as it ends):
+- env: GPU, versions, and the device-to-device copy bandwidth (the decode roofline's HBM rate).
+- parity: greedy tokens of 16 concurrent streams vs transformers ``generate`` one prompt at a time
+  on the same weights: the tiny model in fp32 and bf16, the 8B-shaped model in bf16 (match
+  reported; random weights leave top-2 logit gaps that bf16 noise flips).
+- engine: the 8B-shaped model in process (Engine, slot KV cache, CUDA graphs): closed loop at
+  concurrency 1, 16, 64 with 128 prompt / 128 output tokens; graph-replay step times; prefill
+  times; GPU memory.
+- ab: the same loop without CUDA graphs (slots, eager) and with the dynamic layout, at 1 and 64.
+- served: tritonserver (the nvidia-pytriton wheel) serving the model through trtbuild's rendered
+  repository: first without a numpy<2 wheel (a host with numpy 2 must be refused with the fix),
+  then with one (``--numpy-wheel``: trtbuild builds the stub environment); a gRPC streaming
+  closed loop against the core model at 1, 16, 64 and the ensemble at 64.
+- parity8b32: the 8B-shaped model in fp32: 16 concurrent streams vs generate (token-identical).
+
+Usage: python3 scripts/bench_gpu.py --out DIR [--phases env,parity,engine,ab,served]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import queue
+import random
+import statistics
+import sys
+import threading
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+try:  # installed (pip install .); else this checkout (enough for every phase but served)
+    import trtbuild  # noqa: F401
+except ImportError:
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch  # noqa: E402
+
+from trtbuild import proc  # noqa: E402
+from trtbuild.errors import TrtbuildError  # noqa: E402
+from trtbuild.runtime.engine import Engine, EngineLimits, Event, Request  # noqa: E402
+
+PROMPT, OUTPUT = 128, 128
+CONCURRENCY = (1, 16, 64)
+LLAMA3_8B = {
+    "vocab_size": 128256,
+    "hidden_size": 4096,
+    "intermediate_size": 14336,
+    "num_hidden_layers": 32,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 8,
+    "rope_theta": 500000.0,
+    "max_position_embeddings": 8192,
+    "rms_norm_eps": 1e-5,
+    "tie_word_embeddings": False,
+    "bos_token_id": 128000,
+    "eos_token_id": 128001,
+}
+
+
+def log(*parts: Any) -> None:
+    print(time.strftime("%H:%M:%S"), *parts, flush=True)
+
+
+def pct(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))]
+
+
+def ms(value: float | None) -> float | None:
+    return None if value is None else round(value * 1e3, 2)
+
+
+# -- models ---------------------------------------------------------------------------------------
+def llama_config(shape: dict[str, Any]) -> Any:
+    from transformers import LlamaConfig
+
+    return LlamaConfig(**shape, attn_implementation="sdpa")
+
+
+def random_model(shape: dict[str, Any], dtype: torch.dtype, seed: int = 0) -> Any:
+    """A Llama with random weights, made on the GPU in ``dtype`` (seconds, nothing read)."""
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    with torch.device("cuda"):
+        model = AutoModelForCausalLM.from_config(llama_config(shape), dtype=dtype)
+    return model.eval()
+
+
+def weight_bytes(model: Any) -> int:
+    return sum(p.numel() * p.element_size() for p in model.parameters())
+
+
+def synthetic_tokenizer(out: Path, vocab_size: int) -> None:
+    """A byte-level BPE with exactly ``vocab_size`` ids (every id decodes): the 256 byte symbols,
+    every pair of them, then pairs + one byte, as merges; no training needed."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    specials = ["<unk>", "<s>", "</s>", "<pad>"]
+    vocab: dict[str, int] = {t: i for i, t in enumerate(specials)}
+    for ch in alphabet:
+        vocab[ch] = len(vocab)
+    merges: list[tuple[str, str]] = []
+    pairs = [(a, b) for a in alphabet for b in alphabet]
+    for a, b in pairs:
+        if len(vocab) >= vocab_size:
+            break
+        vocab[a + b] = len(vocab)
+        merges.append((a, b))
+    for a, b in pairs:
+        for c in alphabet:
+            if len(vocab) >= vocab_size:
+                break
+            vocab[a + b + c] = len(vocab)
+            merges.append((a + b, c))
+        if len(vocab) >= vocab_size:
+            break
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tok.decoder = decoders.ByteLevel()
+    out.mkdir(parents=True, exist_ok=True)
+    tok.save(str(out / "tokenizer.json"))
+    config = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "bos_token": "<s>",
+        "eos_token": "</s>",
+        "pad_token": "<pad>",
+        "unk_token": "<unk>",
+        "clean_up_tokenization_spaces": False,
+        "model_max_length": 8192,
+        "add_bos_token": False,
+    }
+    (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
+
+
+# -- in-process closed loop -------------------------------------------------------------------------
+def prompts_for(n: int, length: int, vocab: int, seed: int) -> list[list[int]]:
+    rng = random.Random(seed)
+    return [[rng.randrange(5, vocab) for _ in range(length)] for _ in range(n)]
+
+
+def closed_loop(
+    engine: Engine, concurrency: int, requests: int, vocab: int, seed: int = 1
+) -> dict[str, Any]:
+    """``concurrency`` clients, each sending its next request when the last one ends; events go
+    through a queue to one consumer thread (as the Triton model's sender thread does)."""
+    events: queue.SimpleQueue[Event] = queue.SimpleQueue()
+    prompts = prompts_for(requests, PROMPT, vocab, seed)
+    sent: dict[int, float] = {}
+    times: dict[int, list[float]] = {}
+    errors: list[str] = []
+    submitted = 0
+
+    def submit() -> None:
+        nonlocal submitted
+        i = submitted
+        submitted += 1
+        req = Request(
+            prompt=prompts[i], max_new_tokens=OUTPUT, on_event=events.put, end_id=-1, tag=i
+        )
+        sent[i], times[i] = time.perf_counter(), []
+        engine.submit(req)
+
+    steps0 = engine.steps
+    start = time.perf_counter()
+    for _ in range(min(concurrency, requests)):
+        submit()
+    finished = 0
+    while finished < requests:
+        ev = events.get()
+        now = time.perf_counter()
+        i = ev.request.tag
+        times[i].extend([now] * len(ev.tokens))
+        if ev.error:
+            errors.append(ev.error)
+        if ev.finished:
+            finished += 1
+            if submitted < requests:
+                submit()
+    wall = time.perf_counter() - start
+    tokens = sum(len(t) for t in times.values())
+    ttft = [times[i][0] - sent[i] for i in times if times[i]]
+    itl = [b - a for t in times.values() for a, b in zip(t, t[1:], strict=False)]
+    steps = engine.steps - steps0
+    return {
+        "concurrency": concurrency,
+        "requests": requests,
+        "output_tokens": tokens,
+        "seconds": round(wall, 3),
+        "tokens_per_s": round(tokens / wall, 1),
+        "ttft_p50_ms": ms(pct(ttft, 50)),
+        "ttft_p99_ms": ms(pct(ttft, 99)),
+        "itl_p50_ms": ms(pct(itl, 50)),
+        "itl_p99_ms": ms(pct(itl, 99)),
+        "decode_steps": steps,
+        "wall_per_step_ms": round(wall / max(steps, 1) * 1e3, 2),
+        "errors": errors[:3],
+    }
+
+
+def run_loops(engine: Engine, vocab: int, plan: list[tuple[int, int]], tag: str) -> list[dict]:
+    out = []
+    for concurrency, requests in plan:
+        closed_loop(engine, concurrency, min(concurrency, requests), vocab, seed=99)  # warm
+        result = closed_loop(engine, concurrency, requests, vocab)
+        result["variant"] = tag
+        log(tag, json.dumps(result))
+        out.append(result)
+    return out
+
+
+def graph_step_ms(engine: Engine, batch: int, length: int, reps: int = 30) -> float | None:
+    graph = engine.graphs.get((batch, length))
+    if graph is None:
+        return None
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    for _ in range(3):
+        graph.replay()
+    start.record()
+    for _ in range(reps):
+        graph.replay()
+    end.record()
+    end.synchronize()
+    return round(start.elapsed_time(end) / reps, 3)
+
+
+def eager_step_ms(engine: Engine, batch: int, length: int, reps: int = 5) -> float:
+    engine._decode_body(batch, length)
+    torch.cuda.synchronize()
+    t = time.perf_counter()
+    for _ in range(reps):
+        engine._decode_body(batch, length)
+    torch.cuda.synchronize()
+    return round((time.perf_counter() - t) / reps * 1e3, 3)
+
+
+def prefill_ms(engine: Engine, k: int, n: int, vocab: int) -> float:
+    reqs = [
+        Request(prompt=p, max_new_tokens=1, on_event=lambda ev: None)
+        for p in prompts_for(k, n, vocab, 7)
+    ]
+    engine._prefill_forward(reqs)
+    torch.cuda.synchronize()
+    t = time.perf_counter()
+    engine._prefill_forward(reqs)
+    torch.cuda.synchronize()
+    return round((time.perf_counter() - t) * 1e3, 2)
+
+
+def nvidia_smi(query: str) -> str | None:
+    """One ``nvidia-smi --query-…`` answer as CSV without header or units; None where it fails."""
+    try:
+        done = proc.run(
+            ["nvidia-smi", query, "--format=csv,noheader,nounits"], quiet=True, timeout=20
+        )
+    except TrtbuildError:
+        return None
+    return done.output.strip()
+
+
+def gpu_memory_used_mib() -> int | None:
+    out = nvidia_smi("--query-gpu=memory.used")
+    try:
+        return int(out.split()[0]) if out else None
+    except ValueError:
+        return None
+
+
+# -- phases -----------------------------------------------------------------------------------------
+def phase_env(args: argparse.Namespace) -> dict[str, Any]:
+    import numpy
+    import transformers
+
+    props = torch.cuda.get_device_properties(0)
+    x = torch.empty(2**31, dtype=torch.uint8, device="cuda")  # 2 GiB
+    y = torch.empty_like(x)
+    for _ in range(3):
+        y.copy_(x)
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(20):
+        y.copy_(x)
+    end.record()
+    end.synchronize()
+    seconds = start.elapsed_time(end) / 1e3 / 20
+    bandwidth = 2 * x.numel() / seconds  # bytes read + written
+    del x, y
+    driver = nvidia_smi("--query-gpu=driver_version") or ""
+    return {
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "gpu": torch.cuda.get_device_name(0),
+        "gpu_memory_gib": round(props.total_memory / 2**30, 1),
+        "driver": driver,
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "transformers": transformers.__version__,
+        "numpy": numpy.__version__,
+        "hbm_copy_bytes_per_s": round(bandwidth),
+    }
+
+
+def parity_run(
+    model: Any, dtype_name: str, prompts: list[list[int]], new: int, compile_decode: bool = False
+) -> dict[str, Any]:
+    with torch.no_grad():
+        ref = [
+            model.generate(
+                torch.tensor([p], device="cuda"), max_new_tokens=new, do_sample=False,
+                eos_token_id=None, pad_token_id=0,
+            )[0][len(p) :].tolist()
+            for p in prompts
+        ]  # fmt: skip
+    engine = Engine(
+        "", model=model, dtype=dtype_name,
+        limits=EngineLimits(max_batch_size=16, max_seq_len=512, max_num_tokens=2048),
+        compile_decode=compile_decode,
+    ).start()  # fmt: skip
+    engine.warmup()
+    got: list[list[int]] = [[] for _ in prompts]
+
+    def run(i: int) -> None:
+        got[i] = engine.generate(prompts[i], new, end_id=-1)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(prompts))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    layout, graphs = engine.kv_layout, len(engine.graphs)
+    dispose(engine)
+    same = sum(g == r for g, r in zip(got, ref, strict=True))
+    first = [
+        next((k for k in range(new) if g[k] != r[k]), None) for g, r in zip(got, ref, strict=True)
+    ]
+    return {
+        "dtype": dtype_name,
+        "sequences_identical": f"{same}/{len(prompts)}",
+        "first_differing_token": first,
+        "tokens_identical": sum(
+            next((k for k in range(new) if g[k] != r[k]), new)
+            for g, r in zip(got, ref, strict=True)
+        ),
+        "tokens_compared": new * len(prompts),
+        "kv_layout": layout,
+        "cuda_graphs": graphs,
+        "compile_decode": compile_decode,
+    }
+
+
+def phase_parity(args: argparse.Namespace, tiny_only: bool = False) -> dict[str, Any]:
+    tiny = {
+        "vocab_size": 2048, "hidden_size": 128, "intermediate_size": 352, "num_hidden_layers": 4,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 2048,
+        "tie_word_embeddings": False,
+    }  # fmt: skip
+    out: dict[str, Any] = {}
+    for name, dtype in (("float32", torch.float32), ("bfloat16", torch.bfloat16)):
+        model = random_model(tiny, dtype)
+        prompts = [[1] + [(i * 13 + j * 7) % 1500 + 5 for j in range(4 + 9 * i)] for i in range(16)]
+        out[f"tiny_{name}"] = parity_run(model, name, prompts, 32, args.compile)
+        log("parity tiny", name, out[f"tiny_{name}"]["sequences_identical"])
+        del model
+    if tiny_only:
+        return out
+    model = random_model(LLAMA3_8B, torch.bfloat16)
+    prompts = prompts_for(16, 64, LLAMA3_8B["vocab_size"], 3)
+    out["llama3_8b_shaped_bfloat16"] = parity_run(model, "bfloat16", prompts, 32, args.compile)
+    log("parity 8b bf16", out["llama3_8b_shaped_bfloat16"]["sequences_identical"])
+    del model
+    torch.cuda.empty_cache()
+    return out
+
+
+def phase_parity8b32(args: argparse.Namespace) -> dict[str, Any]:
+    model = random_model(LLAMA3_8B, torch.float32)
+    prompts = prompts_for(16, 64, LLAMA3_8B["vocab_size"], 3)
+    result = parity_run(model, "float32", prompts, 16, args.compile)
+    log("parity 8b fp32", result["sequences_identical"])
+    del model
+    torch.cuda.empty_cache()
+    return result
+
+
+def dispose(engine: Engine) -> None:
+    """Stop ``engine`` and give its KV cache and graph pool back to the GPU."""
+    engine.stop()
+    engine.graphs.clear()
+    engine.slots = None
+    engine.__dict__.pop("_out_logits", None)
+    gc.collect()
+    torch.cuda.empty_cache()
+
+
+def make_engine(model: Any, **kwargs: Any) -> Engine:
+    limits = EngineLimits(
+        max_batch_size=64, max_seq_len=PROMPT + OUTPUT, max_num_tokens=4096, max_queue_size=1024
+    )
+    return Engine("", model=model, dtype="bfloat16", limits=limits, **kwargs)
+
+
+def phase_engine(args: argparse.Namespace, model: Any) -> dict[str, Any]:
+    vocab = model.config.vocab_size
+    torch.cuda.reset_peak_memory_stats()
+    t = time.perf_counter()
+    engine = make_engine(model, compile_decode=args.compile).start()
+    alloc_s = time.perf_counter() - t
+    t = time.perf_counter()
+    engine.warmup()
+    warm_s = time.perf_counter() - t
+    memory = {
+        "weights_bytes": weight_bytes(model),
+        "kv_cache_bytes": engine.kv_cache_bytes,
+        "kv_slots": engine.limits.max_batch_size,
+        "activation_reserve_bytes": engine.activation_reserve_bytes(),
+        "allocated_after_warmup": torch.cuda.memory_allocated(),
+        "reserved_after_warmup": torch.cuda.memory_reserved(),
+        "nvidia_smi_used_mib_after_warmup": gpu_memory_used_mib(),
+    }
+    steps: dict[str, Any] = {}
+    prefills = {}
+
+    def measure() -> None:
+        engine._ids.zero_()  # the timed steps write position 0 of free slots
+        engine._positions.zero_()
+        assert engine.slots is not None
+        for i in range(engine.slots.num_slots):
+            engine.slots.touch(i, 1)
+        for batch in (1, 16, 64):
+            steps[f"graph_b{batch}_L256_ms"] = graph_step_ms(engine, batch, 256)
+        for k in (1, 16, 32):
+            prefills[f"prefill_{k}x{PROMPT}_ms"] = prefill_ms(engine, k, PROMPT, vocab)
+        steps["eager_b64_L256_ms"] = eager_step_ms(engine, 64, 256)
+        steps["eager_b1_L256_ms"] = eager_step_ms(engine, 1, 256)
+
+    engine._on_engine_thread(measure)
+    loops = run_loops(engine, vocab, [(1, 8), (16, 64), (64, 384)], "slots+graphs")
+    memory["peak_reserved"] = torch.cuda.max_memory_reserved()
+    memory["peak_allocated"] = torch.cuda.max_memory_allocated()
+    memory["nvidia_smi_used_mib_after_loops"] = gpu_memory_used_mib()
+    result = {
+        "engine_alloc_s": round(alloc_s, 2),
+        "warmup_s": round(warm_s, 2),
+        "compile_decode": args.compile,
+        "first_calls_s": round(engine.compile_seconds, 2),
+        "graphs": len(engine.graphs),
+        "batch_buckets": engine.batch_buckets,
+        "length_buckets": engine.length_buckets,
+        "memory": memory,
+        "step_gpu_ms": steps,
+        "prefill": prefills,
+        "loops": loops,
+    }
+    dispose(engine)
+    return result
+
+
+def phase_ab(args: argparse.Namespace, model: Any) -> dict[str, Any]:
+    vocab = model.config.vocab_size
+    out = []
+    for tag, kwargs in (
+        ("slots eager", {"cuda_graphs": False}),
+        ("dynamic eager", {"kv_cache": "dynamic"}),
+    ):
+        engine = make_engine(model, **kwargs).start()
+        engine.warmup()
+        out += run_loops(engine, vocab, [(1, 3), (64, 64)], tag)
+        dispose(engine)
+    return {"loops": out}
+
+
+# -- served -----------------------------------------------------------------------------------------
+def grpc_worker(
+    url: str, model: str, kind: str, streams: int, per_stream: int, prompts: list[Any], results: Any
+) -> None:
+    import numpy as np
+    import tritonclient.grpc as grpcclient
+
+    records: list[dict[str, Any]] = []
+    lock = threading.Lock()
+    all_done = threading.Event()
+    state = {"left": streams}
+
+    def inputs(prompt: Any) -> list[Any]:
+        if kind == "core":
+            arrays = {
+                "input_ids": np.array([prompt], dtype=np.int32),
+                "input_lengths": np.array([[len(prompt)]], dtype=np.int32),
+                "request_output_len": np.array([[OUTPUT]], dtype=np.int32),
+                "streaming": np.array([[True]], dtype=bool),
+                "end_id": np.array([[-1]], dtype=np.int32),
+            }
+        else:
+            arrays = {
+                "text_input": np.array([[prompt.encode()]], dtype=object),
+                "max_tokens": np.array([[OUTPUT]], dtype=np.int32),
+                "stream": np.array([[True]], dtype=bool),
+                "end_id": np.array([[-1]], dtype=np.int32),
+            }
+        tensors = []
+        for name, arr in arrays.items():
+            dtype = {np.int32: "INT32", np.bool_: "BOOL", np.object_: "BYTES"}[arr.dtype.type]
+            t = grpcclient.InferInput(name, list(arr.shape), dtype)
+            t.set_data_from_numpy(arr)
+            tensors.append(t)
+        return tensors
+
+    class Stream:
+        def __init__(self, index: int) -> None:
+            self.index, self.sent, self.count = index, 0, 0
+            self.client = grpcclient.InferenceServerClient(url)
+            self.client.start_stream(callback=self.on_response)
+            self.times: list[float] = []
+            self.t0 = 0.0
+
+        def send(self) -> None:
+            prompt = prompts[(self.index * per_stream + self.sent) % len(prompts)]
+            self.sent += 1
+            self.times, self.t0 = [], time.perf_counter()
+            self.client.async_stream_infer(
+                model, inputs(prompt), request_id=f"{self.index}-{self.sent}",
+                enable_empty_final_response=True,
+            )  # fmt: skip
+
+        def on_response(self, result: Any, error: Any) -> None:
+            now = time.perf_counter()
+            if error is not None:
+                with lock:
+                    records.append({"error": str(error)})
+                self.finish()
+                return
+            response = result.get_response()
+            final = response.parameters.get("triton_final_response")
+            has_output = any(o.name in ("output_ids", "text_output") for o in response.outputs)
+            if has_output:
+                self.times.append(now)
+            if final is not None and final.bool_param:
+                with lock:
+                    records.append({"t0": self.t0, "times": self.times})
+                if self.sent < per_stream:
+                    self.send()
+                else:
+                    self.finish()
+
+        def finish(self) -> None:
+            with lock:
+                state["left"] -= 1
+                if state["left"] == 0:
+                    all_done.set()
+
+    pool = [Stream(i) for i in range(streams)]
+    for s in pool:
+        s.send()
+    all_done.wait(900)
+    for s in pool:
+        s.client.stop_stream()
+    results.put(records)
+
+
+def served_loop(
+    url: str, model: str, kind: str, concurrency: int, requests: int, prompts: list[Any]
+) -> dict[str, Any]:
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    procs = min(4, concurrency)
+    per_stream = max(1, requests // concurrency)
+    results = ctx.Queue()
+    workers = []
+    for p in range(procs):
+        streams = concurrency // procs + (1 if p < concurrency % procs else 0)
+        w = ctx.Process(
+            target=grpc_worker, args=(url, model, kind, streams, per_stream, prompts, results)
+        )
+        w.start()
+        workers.append(w)
+    records: list[dict[str, Any]] = []
+    for _ in workers:
+        records += results.get(timeout=1200)
+    for w in workers:
+        w.join()
+    ok = [r for r in records if "times" in r and r["times"]]
+    errors = [r["error"] for r in records if "error" in r]
+    start = min(r["t0"] for r in ok)
+    end = max(r["times"][-1] for r in ok)
+    tokens = sum(len(r["times"]) for r in ok)
+    ttft = [r["times"][0] - r["t0"] for r in ok]
+    itl = [b - a for r in ok for a, b in zip(r["times"], r["times"][1:], strict=False)]
+    return {
+        "target": model,
+        "concurrency": concurrency,
+        "requests": len(ok),
+        "responses_with_tokens": tokens,
+        "seconds": round(end - start, 3),
+        "tokens_per_s": round(tokens / (end - start), 1),
+        "ttft_p50_ms": ms(pct(ttft, 50)),
+        "ttft_p99_ms": ms(pct(ttft, 99)),
+        "itl_p50_ms": ms(pct(itl, 50)),
+        "itl_p99_ms": ms(pct(itl, 99)),
+        "errors": errors[:3],
+    }
+
+
+def gpu_apps() -> dict[int, int]:
+    """pid -> GPU memory used (MiB), per process, from nvidia-smi."""
+    out = nvidia_smi("--query-compute-apps=pid,used_memory")
+    if out is None:
+        return {}
+    apps = {}
+    for line in out.strip().splitlines():
+        parts = [x.strip() for x in line.split(",")]
+        if len(parts) == 2 and parts[0].isdigit() and parts[1].isdigit():
+            apps[int(parts[0])] = int(parts[1])
+    return apps
+
+
+class MemoryPoll:
+    """Peak GPU memory while serving: the whole GPU, and the processes other than this one."""
+
+    def __init__(self) -> None:
+        self.peak = 0
+        self.peak_others = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.5):
+            used = gpu_memory_used_mib()
+            if used:
+                self.peak = max(self.peak, used)
+            others = sum(m for pid, m in gpu_apps().items() if pid != os.getpid())
+            self.peak_others = max(self.peak_others, others)
+
+    def __enter__(self) -> MemoryPoll:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def save_model(args: argparse.Namespace, model: Any | None) -> None:
+    """The 8B-shaped checkpoint and a 128,256-id tokenizer in ``--model-dir`` (kept if there)."""
+    model_dir = Path(args.model_dir)
+    if (model_dir / "config.json").is_file():
+        return
+    t = time.perf_counter()
+    if model is None:
+        model = random_model(LLAMA3_8B, torch.bfloat16)
+    model.save_pretrained(model_dir)
+    synthetic_tokenizer(model_dir, LLAMA3_8B["vocab_size"])
+    log("saved", model_dir, "in", round(time.perf_counter() - t, 1), "s")
+
+
+def phase_served(args: argparse.Namespace) -> dict[str, Any]:
+    from trtbuild import _stub_env
+    from trtbuild.repository import render_repository
+    from trtbuild.server import TritonServer
+    from trtbuild.specs import RepoSpec, RuntimeLimits, ServeSpec
+
+    out: dict[str, Any] = {}
+    model_dir = Path(args.model_dir)
+    limits = RuntimeLimits(
+        max_batch_size=64, max_input_len=PROMPT, max_seq_len=PROMPT + OUTPUT, max_num_tokens=4096,
+        max_queue_size=256,
+    )  # fmt: skip
+    spec = RepoSpec(
+        runtime="torch", engine_dir=model_dir, tokenizer_dir=model_dir, end_id=2, pad_id=3,
+        limits=limits, preprocessing_instance_count=4, num_threads=4, add_special_tokens=False,
+    )  # fmt: skip
+    repo = render_repository(spec, Path(args.workdir) / "repository", force=True)
+    serve = ServeSpec(
+        repo=repo, http_port=0, grpc_port=0, metrics_port=0, startup_timeout=900, shutdown_grace=10
+    )
+    # 1. the host's own Python (numpy 2 on a stock GPU image) must be refused, with the fix
+    os.environ.pop(_stub_env.NUMPY_WHEEL_ENV, None)
+    try:
+        TritonServer(serve, quiet=True)
+        out["without_numpy_wheel"] = "accepted (the host's Python works for the stub)"
+    except _stub_env.StubEnvError as exc:
+        out["without_numpy_wheel"] = f"refused, exit {exc.exit_code}: {exc.message}"
+    log("served: without a numpy<2 wheel:", out["without_numpy_wheel"])
+    if args.numpy_wheel:
+        os.environ[_stub_env.NUMPY_WHEEL_ENV] = str(args.numpy_wheel)
+    t = time.perf_counter()
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+    rng = random.Random(5)
+    texts = []
+    while len(texts) < 64:
+        text = "".join(rng.choice("abcdefghijklmnopqrstuvwxyz ") for _ in range(3 * PROMPT))
+        ids = tok.encode(text).ids
+        while len(ids) > PROMPT:
+            text = text[: -max(1, (len(ids) - PROMPT))]
+            ids = tok.encode(text).ids
+        texts.append(text)
+    out["ensemble_prompt_tokens_mean"] = statistics.mean(len(tok.encode(x).ids) for x in texts)
+    id_prompts = prompts_for(64, PROMPT, LLAMA3_8B["vocab_size"], 11)
+    with MemoryPoll() as memory, TritonServer(serve, quiet=True) as server:
+        out["startup_s"] = round(time.perf_counter() - t, 1)
+        out["stub_env_path"] = server.install.env.get("PATH", "").split(os.pathsep)[0]
+        out["gpu_memory_used_mib_ready"] = gpu_memory_used_mib()
+        out["gpu_apps_mib_ready"] = gpu_apps()
+        log("served: ready in", out["startup_s"], "s; stub PATH", out["stub_env_path"])
+        loops = []
+        for kind, target, concurrency, requests in (
+            ("core", "tensorrt_llm", 1, 6),
+            ("core", "tensorrt_llm", 16, 64),
+            ("core", "tensorrt_llm", 64, 384),
+            ("ensemble", "ensemble", 64, 384),
+        ):
+            prompts = id_prompts if kind == "core" else texts
+            served_loop(server.grpc_url, target, kind, concurrency, concurrency, prompts)  # warm
+            result = served_loop(server.grpc_url, target, kind, concurrency, requests, prompts)
+            log("served", json.dumps(result))
+            loops.append(result)
+        out["loops"] = loops
+        out["log_tail"] = server.log_tail(15)
+    out["gpu_memory_used_mib_peak"] = memory.peak
+    out["gpu_memory_server_processes_mib_peak"] = memory.peak_others
+    return out
+
+
+# -- plot -------------------------------------------------------------------------------------------
+def plot(results: Path, out: Path, roofline: dict[int, float]) -> None:
+    """An SVG bar chart of output tok/s by concurrency, one bar per variant, from the phases'
+    JSON in ``results`` (no plotting library needed)."""
+    series: dict[str, dict[int, float]] = {}
+    for name in ("ab.json", "engine.json", "served.json"):
+        path = results / name
+        if not path.is_file():
+            continue
+        for loop in json.loads(path.read_text()).get("loops", []):
+            label = loop.get("variant") or f"served {loop['target']}"
+            if label == "slots+graphs":
+                label = "in process: slots + CUDA graphs"
+            elif label.endswith("eager"):
+                label = f"in process: {label}"
+            series.setdefault(label, {})[loop["concurrency"]] = loop["tokens_per_s"]
+    levels = sorted({c for s in series.values() for c in s})
+    colors = ["#9e9e9e", "#bdbdbd", "#1565c0", "#2e7d32", "#66bb6a", "#ef6c00"]
+    width, height, left, bottom = 900, 420, 70, 60
+    top = max([v for s in series.values() for v in s.values()] + list(roofline.values()))
+    scale = (height - bottom - 30) / top
+    group = (width - left - 20) / max(len(levels), 1)
+    bar = group / (len(series) + 1.5)
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height + 24 * len(series)}" font-family="sans-serif" font-size="12">',
+        f'<text x="{left}" y="18" font-size="14">Output tok/s, Llama-3-8B-shaped bf16, 128 in / 128 out (H200)</text>',
+    ]  # fmt: skip
+    y0 = height - bottom
+    parts.append(f'<line x1="{left}" y1="{y0}" x2="{width - 10}" y2="{y0}" stroke="black"/>')
+    for gi, level in enumerate(levels):
+        x = left + gi * group + bar * 0.5
+        for si, values in enumerate(series.values()):
+            value = values.get(level)
+            if value is None:
+                continue
+            h = value * scale
+            bx = x + si * bar
+            parts.append(
+                f'<rect x="{bx:.1f}" y="{y0 - h:.1f}" width="{bar * 0.9:.1f}" height="{h:.1f}" fill="{colors[si % len(colors)]}"/>'
+                f'<text x="{bx + bar * 0.45:.1f}" y="{y0 - h - 3:.1f}" text-anchor="middle" font-size="10">{value:,.0f}</text>'
+            )  # fmt: skip
+        if level in roofline:
+            ry = y0 - roofline[level] * scale
+            parts.append(
+                f'<line x1="{x:.1f}" y1="{ry:.1f}" x2="{x + bar * len(series):.1f}" y2="{ry:.1f}" stroke="#c62828" stroke-dasharray="4 3"/>'
+                f'<text x="{x:.1f}" y="{ry - 4:.1f}" fill="#c62828" font-size="10">roofline {roofline[level]:,.0f}</text>'
+            )  # fmt: skip
+        parts.append(
+            f'<text x="{x + bar * len(series) / 2:.1f}" y="{y0 + 18}" text-anchor="middle">concurrency {level}</text>'
+        )  # fmt: skip
+    for si, label in enumerate(series):
+        ly = height + 24 * si - 10
+        parts.append(
+            f'<rect x="{left}" y="{ly - 10}" width="12" height="12" fill="{colors[si % len(colors)]}"/>'
+            f'<text x="{left + 18}" y="{ly}">{label}</text>'
+        )  # fmt: skip
+    parts.append("</svg>")
+    out.write_text("\n".join(parts) + "\n")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--phases", default="env,parity,engine,ab,served,parity8b32")
+    parser.add_argument("--model-dir", default="/dev/shm/trtbuild-llama3-8b-shaped")
+    parser.add_argument("--workdir", default="/dev/shm/trtbuild-bench")
+    parser.add_argument("--numpy-wheel", type=Path, help="a numpy<2 wheel for the stub environment")
+    parser.add_argument(
+        "--compile", action="store_true", help="in-process engines fuse decode with torch.compile"
+    )
+    parser.add_argument("--plot", type=Path, help="only draw the SVG from the JSON in --out")
+    args = parser.parse_args()
+    if args.plot:
+        env = json.loads((args.out / "env.json").read_text())
+        per_token = 16060522496  # the 8B-shaped model's weight bytes: a decode step reads them once
+        roofline = {c: c * env["hbm_copy_bytes_per_s"] / per_token for c in CONCURRENCY}
+        plot(args.out, args.plot, roofline)
+        return 0
+    assert torch.cuda.is_available(), "bench_gpu.py needs a CUDA GPU"
+    args.out.mkdir(parents=True, exist_ok=True)
+    phases = args.phases.split(",")
+    model = None
+    status = 0
+    for phase in phases:
+        log("phase", phase)
+        try:
+            if phase in ("engine", "ab") and model is None:
+                model = random_model(LLAMA3_8B, torch.bfloat16)
+            if phase == "served":
+                save_model(args, model)
+                model = None  # the server loads its own copy; this process keeps no weights
+                gc.collect()
+                torch.cuda.empty_cache()
+            if phase == "env":
+                result = phase_env(args)
+            elif phase == "parity":
+                result = phase_parity(args)
+            elif phase == "parity_tiny":
+                result = phase_parity(args, tiny_only=True)
+            elif phase == "engine":
+                result = phase_engine(args, model)
+            elif phase == "ab":
+                result = phase_ab(args, model)
+            elif phase == "served":
+                result = phase_served(args)
+            elif phase == "parity8b32":
+                result = phase_parity8b32(args)
+            else:
+                raise ValueError(f"unknown phase {phase}")
+        except Exception as exc:  # noqa: BLE001 - later phases still run
+            status = 1
+            result = {
+                "error": f"{type(exc).__name__}: {exc}",
+                "traceback": traceback.format_exc()[-3000:],
+            }
+            log("phase", phase, "failed:", result["error"])
+        suffix = "-compiled" if args.compile and phase != "env" else ""
+        (args.out / f"{phase}{suffix}.json").write_text(json.dumps(result, indent=2) + "\n")
+    return status
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
