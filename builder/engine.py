@@ -34,6 +34,7 @@ from trtbuild.builder.checkpoint import (
     source_info,
 )
 from trtbuild.builder.commands import CHECKPOINT_SUBDIR, DISPLAY_TOOLS, Phase, plan_phases
+from trtbuild.builder.docker import docker_command
 from trtbuild.builder.layout import verify_checkpoint, verify_engine
 from trtbuild.builder.llmapi import llm_args, write_llmapi
 from trtbuild.builder.manifest import (
@@ -244,7 +245,6 @@ class _Run:
         return self._result(manifest)
 
     def _missing_trtllm(self) -> ToolNotFound:
-        from trtbuild.builder.docker import docker_command
 
         exc = ToolNotFound(
             "TensorRT-LLM",

@@ -6,13 +6,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from trtbuild.builder.settings import BuildSettings, EngineLimits
+from trtbuild.builder.settings import BuildSettings
 from trtbuild.errors import RuntimeFailure
 from trtbuild.files.trtllm import (
     missing_ranks,
     read_engine_config,
     read_trtllm_checkpoint_config,
 )
+from trtbuild.specs import Limits
 
 KV_ALGO = {"fp8": "FP8", "int8": "INT8"}
 WEIGHT_ALGO = {  # what quantize_and_export writes for each --quant (ModelOpt QuantAlgo names)
@@ -27,7 +28,7 @@ class EngineFacts:
     """What the engine's own config.json says, checked against what was asked for."""
 
     version: str | None
-    limits: EngineLimits
+    limits: Limits
     tp: int
     pp: int
     world_size: int
@@ -76,7 +77,7 @@ def verify_engine(directory: Path, settings: BuildSettings) -> EngineFacts:
             f"{' or '.join(WEIGHT_ALGO[settings.quant])}"
         )
     asked = settings.limits
-    limits = EngineLimits(  # trtllm-build may clip max_input_len / max_num_tokens; trust the engine
+    limits = Limits(  # trtllm-build may clip max_input_len / max_num_tokens; trust the engine
         max_batch_size=config.max_batch_size or asked.max_batch_size,
         max_input_len=config.max_input_len or asked.max_input_len,
         max_seq_len=config.max_seq_len or asked.max_seq_len,

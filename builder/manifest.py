@@ -5,7 +5,7 @@ manifest beside every engine it makes and ``check_compatible`` refuses an engine
 TensorRT-LLM/TensorRT version differs from the runtime's. ``serve`` and ``repo`` call:
 
     manifest = read_manifest(engine_dir)
-    warnings = check_compatible(manifest, runtime=detect_runtime(), force=force)
+    warnings = check_compatible(manifest, runtime=detect_host(), force=force)
 """
 
 from __future__ import annotations
@@ -25,9 +25,11 @@ from pydantic import (
 )
 
 from trtbuild import vocab
-from trtbuild.builder.settings import BuildSettings, EngineLimits
+from trtbuild.builder import _trtllm
+from trtbuild.builder.settings import BuildSettings
 from trtbuild.errors import IncompatibleArtifact, SpecError, first_error
-from trtbuild.specs import Runtime
+from trtbuild.gpus import detect_gpus
+from trtbuild.specs import Limits, Runtime
 
 MANIFEST = "trtbuild-engine.json"
 FORMAT = 1
@@ -121,7 +123,7 @@ class Manifest(_Record):
     parallel: ParallelRecord = ParallelRecord()
     dtype: str
     quantization: QuantRecord = QuantRecord()
-    limits: EngineLimits
+    limits: Limits
     features: FeatureRecord | None = None
     tokenizer_dir: str = "."  # relative to the engine directory
     llm_args: dict[str, Any] | None = None  # --runtime llmapi: keyword arguments for LLM(...)
@@ -165,7 +167,7 @@ def read_manifest(engine_dir: Path) -> Manifest:
 
 # -- the compatibility gate ------------------------------------------------------------------------
 @dataclass(frozen=True)
-class RuntimeInfo:
+class ServingHost:
     """Where an engine is about to run. ``None`` fields are unknown and not checked."""
 
     sm: int | None = None
@@ -174,14 +176,12 @@ class RuntimeInfo:
     tensorrt_version: str | None = None
 
 
-def detect_runtime() -> RuntimeInfo:
+def detect_host() -> ServingHost:
     """This machine: its first GPU and the TensorRT-LLM/TensorRT installed in this Python."""
-    from trtbuild.builder import _trtllm
-    from trtbuild.gpus import detect_gpus
 
     gpus = detect_gpus()
     first = gpus[0] if gpus else None
-    return RuntimeInfo(
+    return ServingHost(
         sm=first.sm if first else None,
         gpu_name=(first.spec.name if first.spec else first.name) if first else None,
         trtllm_version=_trtllm.installed_version("tensorrt_llm"),
@@ -189,7 +189,7 @@ def detect_runtime() -> RuntimeInfo:
     )
 
 
-def incompatibilities(manifest: Manifest, runtime: RuntimeInfo) -> list[str]:
+def incompatibilities(manifest: Manifest, runtime: ServingHost) -> list[str]:
     """Each way ``manifest``'s engine cannot run on ``runtime``, naming both sides."""
     problems: list[str] = []
     here = f"{runtime.gpu_name} (SM {runtime.sm})" if runtime.gpu_name else f"SM {runtime.sm}"
@@ -226,7 +226,7 @@ def _min_sm(q: QuantRecord) -> tuple[int, str] | None:
 
 
 def check_compatible(
-    manifest: Manifest, runtime: RuntimeInfo, *, force: bool = False, where: Path | None = None
+    manifest: Manifest, runtime: ServingHost, *, force: bool = False, where: Path | None = None
 ) -> list[str]:
     """Raise ``IncompatibleArtifact`` unless ``manifest`` can run on ``runtime``.
 
@@ -244,12 +244,12 @@ def check_compatible(
 
 
 def check_engine_dir(
-    engine_dir: Path, *, runtime: RuntimeInfo | None = None, force: bool = False
+    engine_dir: Path, *, runtime: ServingHost | None = None, force: bool = False
 ) -> tuple[Manifest, list[str]]:
     """``read_manifest`` + ``check_compatible`` against this machine (or ``runtime``): the one call
     ``serve`` and ``repo`` need. Returns the manifest and the problems ``force`` let through."""
     manifest = read_manifest(engine_dir)
     if manifest.runtime == "torch":  # the portable runtime runs anywhere: nothing to detect
         return manifest, []
-    found = runtime if runtime is not None else detect_runtime()
+    found = runtime if runtime is not None else detect_host()
     return manifest, check_compatible(manifest, found, force=force, where=Path(engine_dir))

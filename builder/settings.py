@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 from trtbuild.builder.checkpoint import CheckpointFacts
 from trtbuild.plan import Plan
-from trtbuild.specs import EngineDtype, EngineSpec, Runtime, StrictModel
+from trtbuild.specs import EngineDtype, EngineSpec, Limits, Runtime, StrictModel
 from trtbuild.vocab import (
     DEFAULT_MAX_BATCH_SIZE,
     DEFAULT_MAX_INPUT_LEN,
@@ -27,15 +27,6 @@ Quant = Literal["fp8", "int8-sq", "int4-awq"]
 KvQuant = Literal["fp8", "int8"]
 
 
-class EngineLimits(StrictModel):
-    """Limits compiled into a TensorRT-LLM engine (recorded for every runtime)."""
-
-    max_batch_size: int
-    max_input_len: int
-    max_seq_len: int
-    max_num_tokens: int
-
-
 class BuildSettings(StrictModel):
     """Everything that decides what gets built. Two equal settings build the same engine."""
 
@@ -45,7 +36,7 @@ class BuildSettings(StrictModel):
     dtype: EngineDtype  # "auto" only for the portable runtime (keep the checkpoint's)
     quant: Quant | None = None
     kv_cache_dtype: KvQuant | None = None
-    limits: EngineLimits
+    limits: Limits
     chunked_context: bool = False
     calib_size: int | None = None  # only when a quantize phase runs
     calib_dataset: str | None = None
@@ -116,12 +107,12 @@ def _limits(
     max_input_len: int | None,
     max_seq_len: int | None,
     max_num_tokens: int | None,
-) -> EngineLimits:
+) -> Limits:
     """Unset limits: trtbuild's defaults, shrunk to fit a model with a shorter context."""
     context = facts.max_context
     seq = max_seq_len or (min(DEFAULT_MAX_SEQ_LEN, context) if context else DEFAULT_MAX_SEQ_LEN)
     inp = max_input_len or min(DEFAULT_MAX_INPUT_LEN, max(1, seq // 2))
-    return EngineLimits(
+    return Limits(
         max_batch_size=max_batch_size or DEFAULT_MAX_BATCH_SIZE,
         max_input_len=inp,
         max_seq_len=seq,

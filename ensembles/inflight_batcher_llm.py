@@ -158,7 +158,7 @@ def steps_json(steps: list[Step]) -> str:
     )
 
 
-# -- rendering hooks (used by trtbuild.repository) --------------------------------------------------
+# -- rendering hooks (used by trtbuild.render) --------------------------------------------------
 def _runtime_file(name: str) -> Path:
     import trtbuild.runtime
 

@@ -136,7 +136,7 @@ def ensemble_steps() -> list[Step]:
     return [pre, core]
 
 
-# -- rendering hooks (used by trtbuild.repository) -------------------------------------------------
+# -- rendering hooks (used by trtbuild.render) -------------------------------------------------
 def _runtime_file(name: str) -> Path:
     import trtbuild.runtime
 

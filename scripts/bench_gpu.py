@@ -44,6 +44,7 @@ try:  # installed (pip install .); else this checkout (enough for every phase bu
 except ImportError:
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import _grpc_load  # noqa: E402  (scripts/, beside this file)
 import torch  # noqa: E402
 
 from trtbuild import proc  # noqa: E402
@@ -484,134 +485,26 @@ def phase_ab(args: argparse.Namespace, model: Any) -> dict[str, Any]:
 
 
 # -- served -----------------------------------------------------------------------------------------
-def grpc_worker(
-    url: str, model: str, kind: str, streams: int, per_stream: int, prompts: list[Any], results: Any
-) -> None:
-    import numpy as np
-    import tritonclient.grpc as grpcclient
-
-    records: list[dict[str, Any]] = []
-    lock = threading.Lock()
-    all_done = threading.Event()
-    state = {"left": streams}
-
-    def inputs(prompt: Any) -> list[Any]:
-        if kind == "core":
-            arrays = {
-                "input_ids": np.array([prompt], dtype=np.int32),
-                "input_lengths": np.array([[len(prompt)]], dtype=np.int32),
-                "request_output_len": np.array([[OUTPUT]], dtype=np.int32),
-                "streaming": np.array([[True]], dtype=bool),
-                "end_id": np.array([[-1]], dtype=np.int32),
-            }
-        else:
-            arrays = {
-                "text_input": np.array([[prompt.encode()]], dtype=object),
-                "max_tokens": np.array([[OUTPUT]], dtype=np.int32),
-                "stream": np.array([[True]], dtype=bool),
-                "end_id": np.array([[-1]], dtype=np.int32),
-            }
-        tensors = []
-        for name, arr in arrays.items():
-            dtype = {np.int32: "INT32", np.bool_: "BOOL", np.object_: "BYTES"}[arr.dtype.type]
-            t = grpcclient.InferInput(name, list(arr.shape), dtype)
-            t.set_data_from_numpy(arr)
-            tensors.append(t)
-        return tensors
-
-    class Stream:
-        def __init__(self, index: int) -> None:
-            self.index, self.sent, self.count = index, 0, 0
-            self.client = grpcclient.InferenceServerClient(url)
-            self.client.start_stream(callback=self.on_response)
-            self.times: list[float] = []
-            self.t0 = 0.0
-
-        def send(self) -> None:
-            prompt = prompts[(self.index * per_stream + self.sent) % len(prompts)]
-            self.sent += 1
-            self.times, self.t0 = [], time.perf_counter()
-            self.client.async_stream_infer(
-                model, inputs(prompt), request_id=f"{self.index}-{self.sent}",
-                enable_empty_final_response=True,
-            )  # fmt: skip
-
-        def on_response(self, result: Any, error: Any) -> None:
-            now = time.perf_counter()
-            if error is not None:
-                with lock:
-                    records.append({"error": str(error)})
-                self.finish()
-                return
-            response = result.get_response()
-            final = response.parameters.get("triton_final_response")
-            has_output = any(o.name in ("output_ids", "text_output") for o in response.outputs)
-            if has_output:
-                self.times.append(now)
-            if final is not None and final.bool_param:
-                with lock:
-                    records.append({"t0": self.t0, "times": self.times})
-                if self.sent < per_stream:
-                    self.send()
-                else:
-                    self.finish()
-
-        def finish(self) -> None:
-            with lock:
-                state["left"] -= 1
-                if state["left"] == 0:
-                    all_done.set()
-
-    pool = [Stream(i) for i in range(streams)]
-    for s in pool:
-        s.send()
-    all_done.wait(900)
-    for s in pool:
-        s.client.stop_stream()
-    results.put(records)
-
-
 def served_loop(
-    url: str, model: str, kind: str, concurrency: int, requests: int, prompts: list[Any]
+    url: str, model: str, concurrency: int, requests: int, prompts: list[Any]
 ) -> dict[str, Any]:
-    import multiprocessing
-
-    ctx = multiprocessing.get_context("spawn")
-    procs = min(4, concurrency)
-    per_stream = max(1, requests // concurrency)
-    results = ctx.Queue()
-    workers = []
-    for p in range(procs):
-        streams = concurrency // procs + (1 if p < concurrency % procs else 0)
-        w = ctx.Process(
-            target=grpc_worker, args=(url, model, kind, streams, per_stream, prompts, results)
-        )
-        w.start()
-        workers.append(w)
-    records: list[dict[str, Any]] = []
-    for _ in workers:
-        records += results.get(timeout=1200)
-    for w in workers:
-        w.join()
-    ok = [r for r in records if "times" in r and r["times"]]
-    errors = [r["error"] for r in records if "error" in r]
-    start = min(r["t0"] for r in ok)
-    end = max(r["times"][-1] for r in ok)
-    tokens = sum(len(r["times"]) for r in ok)
-    ttft = [r["times"][0] - r["t0"] for r in ok]
-    itl = [b - a for r in ok for a, b in zip(r["times"], r["times"][1:], strict=False)]
+    """The closed loop of streaming gRPC clients (scripts/_grpc_load.py), in this file's keys."""
+    records = _grpc_load.closed_loop(
+        url, model, concurrency, max(1, requests // concurrency), prompts, OUTPUT
+    )
+    found = _grpc_load.summarize(records)
     return {
         "target": model,
         "concurrency": concurrency,
-        "requests": len(ok),
-        "responses_with_tokens": tokens,
-        "seconds": round(end - start, 3),
-        "tokens_per_s": round(tokens / (end - start), 1),
-        "ttft_p50_ms": ms(pct(ttft, 50)),
-        "ttft_p99_ms": ms(pct(ttft, 99)),
-        "itl_p50_ms": ms(pct(itl, 50)),
-        "itl_p99_ms": ms(pct(itl, 99)),
-        "errors": errors[:3],
+        "requests": found["requests"],
+        "responses_with_tokens": found.get("responses_with_tokens", 0),
+        "seconds": found.get("seconds"),
+        "tokens_per_s": found.get("output_tokens_per_s"),
+        "ttft_p50_ms": found.get("ttft_ms_p50"),
+        "ttft_p99_ms": found.get("ttft_ms_p99"),
+        "itl_p50_ms": found.get("itl_ms_p50"),
+        "itl_p99_ms": found.get("itl_ms_p99"),
+        "errors": found["errors"],
     }
 
 
@@ -669,13 +562,13 @@ def save_model(args: argparse.Namespace, model: Any | None) -> None:
 
 def phase_served(args: argparse.Namespace) -> dict[str, Any]:
     from trtbuild import _stub_env
-    from trtbuild.repository import render_repository
+    from trtbuild.render import render_repository
     from trtbuild.server import TritonServer
-    from trtbuild.specs import RepoSpec, RuntimeLimits, ServeSpec
+    from trtbuild.specs import RepoSpec, ServeSpec, ServingLimits
 
     out: dict[str, Any] = {}
     model_dir = Path(args.model_dir)
-    limits = RuntimeLimits(
+    limits = ServingLimits(
         max_batch_size=64, max_input_len=PROMPT, max_seq_len=PROMPT + OUTPUT, max_num_tokens=4096,
         max_queue_size=256,
     )  # fmt: skip
@@ -726,8 +619,8 @@ def phase_served(args: argparse.Namespace) -> dict[str, Any]:
             ("ensemble", "ensemble", 64, 384),
         ):
             prompts = id_prompts if kind == "core" else texts
-            served_loop(server.grpc_url, target, kind, concurrency, concurrency, prompts)  # warm
-            result = served_loop(server.grpc_url, target, kind, concurrency, requests, prompts)
+            served_loop(server.grpc_url, target, concurrency, concurrency, prompts)  # warm-up
+            result = served_loop(server.grpc_url, target, concurrency, requests, prompts)
             log("served", json.dumps(result))
             loops.append(result)
         out["loops"] = loops

@@ -22,12 +22,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
-import threading
-import time
 from pathlib import Path
 from typing import Any
+
+import _grpc_load  # scripts/, beside this file
+import numpy as np
 
 
 def main(argv: list[str]) -> int:
@@ -45,8 +45,8 @@ def main(argv: list[str]) -> int:
     from trtbuild._perf_results import PerfResults
     from trtbuild.builder.engine import prepare_portable_engine
     from trtbuild.perf import run_perf
+    from trtbuild.render import render_repository
     from trtbuild.repo import place_instances
-    from trtbuild.repository import render_repository
     from trtbuild.specs import PerfSpec
     from trtbuild.tiny_model import create_tiny_model, repo_spec
 
@@ -138,113 +138,16 @@ def grpc_levels(repo: Path, levels: list[int], args: Any) -> dict[str, dict[str,
 
 
 def closed_loop(url: str, concurrency: int, args: Any) -> dict[str, float | None]:
-    """``concurrency`` streams, each sending its next request when the last one ends."""
-    import multiprocessing
-
-    ctx = multiprocessing.get_context("spawn")
-    procs = min(4, concurrency)
-    results = ctx.Queue()
-    workers = []
-    for p in range(procs):
-        streams = concurrency // procs + (1 if p < concurrency % procs else 0)
-        job = (url, streams, args.requests, args.input_len, args.output_len, results)
-        workers.append(ctx.Process(target=_worker, args=job))
-    for w in workers:
-        w.start()
-    records: list[dict[str, Any]] = []
-    for _ in workers:
-        records += results.get(timeout=900)
-    for w in workers:
-        w.join()
-    ok = [r for r in records if r.get("times")]
-    start, end = min(r["t0"] for r in ok), max(r["times"][-1] for r in ok)
-    ttft = sorted(r["times"][0] - r["t0"] for r in ok)
-    tokens = sum(r["tokens"] for r in ok)
-    return {
-        "output_tokens_per_s": round(tokens / (end - start), 1),
-        "requests_per_s": round(len(ok) / (end - start), 2),
-        "ttft_ms_p50": round(statistics.median(ttft) * 1e3, 2),
-        "ttft_ms_p99": round(ttft[min(len(ttft) - 1, int(0.99 * len(ttft)))] * 1e3, 2),
-        "errors": float(len(records) - len(ok)),
-    }
-
-
-def _worker(
-    url: str, streams: int, per_stream: int, input_len: int, output_len: int, results: Any
-) -> None:
-    import numpy as np
-    import tritonclient.grpc as grpcclient
-
-    records: list[dict[str, Any]] = []
-    lock, done = threading.Lock(), threading.Event()
-    left = [streams]
-
-    def tensors(seed: int) -> list[Any]:
-        prompt = np.random.default_rng(seed).integers(5, 200, size=input_len).astype(np.int32)
-        arrays = {
-            "input_ids": prompt[None, :],
-            "input_lengths": np.array([[input_len]], dtype=np.int32),
-            "request_output_len": np.array([[output_len]], dtype=np.int32),
-            "streaming": np.array([[True]], dtype=bool),
-            "end_id": np.array([[-1]], dtype=np.int32),  # no end token: fixed output length
-        }
-        out = []
-        for name, arr in arrays.items():
-            t = grpcclient.InferInput(
-                name, list(arr.shape), "BOOL" if arr.dtype == bool else "INT32"
-            )
-            t.set_data_from_numpy(arr)
-            out.append(t)
-        return out
-
-    class Stream:
-        def __init__(self, index: int) -> None:
-            self.index, self.sent = index, 0
-            self.client = grpcclient.InferenceServerClient(url)
-            self.client.start_stream(callback=self.on_response)
-
-        def send(self) -> None:
-            self.sent += 1
-            self.t0, self.times, self.tokens = time.perf_counter(), [], 0
-            self.client.async_stream_infer(
-                "tensorrt_llm",
-                tensors(self.index * 1000 + self.sent),
-                request_id=f"{os.getpid()}-{self.index}-{self.sent}",
-                enable_empty_final_response=True,
-            )
-
-        def on_response(self, result: Any, error: Any) -> None:
-            now = time.perf_counter()
-            if error is not None:
-                with lock:
-                    records.append({"error": str(error)})
-                return self.finish()
-            ids = result.as_numpy("output_ids")
-            if ids is not None and ids.size:
-                self.times.append(now)
-                self.tokens += int(ids.shape[-1])
-            final = result.get_response().parameters.get("triton_final_response")
-            if final is not None and final.bool_param:
-                with lock:
-                    records.append({"t0": self.t0, "times": self.times, "tokens": self.tokens})
-                if self.sent < per_stream:
-                    self.send()
-                else:
-                    self.finish()
-
-        def finish(self) -> None:
-            with lock:
-                left[0] -= 1
-                if left[0] == 0:
-                    done.set()
-
-    pool = [Stream(i) for i in range(streams)]
-    for stream in pool:
-        stream.send()
-    done.wait(900)
-    for stream in pool:
-        stream.client.stop_stream()
-    results.put(records)
+    """``concurrency`` streams on the core model, each sending its next request when the last ends
+    (scripts/_grpc_load.py); random prompts of ``--input-len`` ids."""
+    rng = np.random.default_rng(0)
+    prompts = [rng.integers(5, 200, size=args.input_len).tolist() for _ in range(64)]
+    records = _grpc_load.closed_loop(
+        url, "tensorrt_llm", concurrency, args.requests, prompts, args.output_len
+    )
+    found = _grpc_load.summarize(records)
+    keys = ("output_tokens_per_s", "requests_per_s", "ttft_ms_p50", "ttft_ms_p99")
+    return {**{k: found.get(k) for k in keys}, "errors": float(found["error_count"])}
 
 
 if __name__ == "__main__":

@@ -24,9 +24,9 @@ from typing import Any
 
 from trtbuild import proc
 from trtbuild.builder.engine import prepare_portable_engine
-from trtbuild.repository import render_repository
+from trtbuild.render import render_repository
 from trtbuild.server import TritonServer
-from trtbuild.specs import RuntimeLimits, ServeSpec
+from trtbuild.specs import ServeSpec, ServingLimits
 from trtbuild.tiny_model import create_tiny_model, repo_spec
 
 RUNS = (("ensemble", True), ("tensorrt_llm_bls", False))
@@ -93,7 +93,7 @@ def main() -> int:
         work = Path(tmp)
         engine = prepare_portable_engine(create_tiny_model(work / "model"), work / "engine")
         args.tokenizer = engine
-        limits = RuntimeLimits(max_batch_size=8, max_input_len=256, max_seq_len=512)
+        limits = ServingLimits(max_batch_size=8, max_input_len=256, max_seq_len=512)
         repo = render_repository(repo_spec(engine, limits=limits), work / "repository")
         serve = ServeSpec(repo=repo, http_port=0, grpc_port=0, metrics_port=0)
         with TritonServer(serve, quiet=True) as server:

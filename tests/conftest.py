@@ -131,13 +131,13 @@ def served(
     portable_engine: Path, chat_end_token: tuple[int, int], tmp_path_factory: pytest.TempPathFactory
 ):  # type: ignore[no-untyped-def]
     """A real tritonserver serving the portable inflight-batching repository."""
-    from trtbuild.repository import render_repository
+    from trtbuild.render import render_repository
     from trtbuild.server import TritonServer
-    from trtbuild.specs import RuntimeLimits, ServeSpec
+    from trtbuild.specs import ServeSpec, ServingLimits
     from trtbuild.tiny_model import repo_spec
 
     # max_queue_size 8: 16 slots + 8 waiting (test_portable_runtime.py fills both, then is refused)
-    limits = RuntimeLimits(
+    limits = ServingLimits(
         max_batch_size=16, max_input_len=256, max_seq_len=512, max_num_tokens=512, max_queue_size=8
     )
     spec = repo_spec(portable_engine, extra_end_ids=(chat_end_token[0],), limits=limits)
@@ -152,12 +152,12 @@ def served(
 @pytest.fixture(scope="session")
 def served_whole(portable_engine, tmp_path_factory):  # type: ignore[no-untyped-def]
     """The portable flavor rendered with --no-streaming: a non-decoupled core model."""
-    from trtbuild.repository import render_repository
+    from trtbuild.render import render_repository
     from trtbuild.server import TritonServer
-    from trtbuild.specs import RuntimeLimits, ServeSpec
+    from trtbuild.specs import ServeSpec, ServingLimits
     from trtbuild.tiny_model import repo_spec
 
-    limits = RuntimeLimits(max_batch_size=4, max_input_len=64, max_seq_len=128, max_num_tokens=128)
+    limits = ServingLimits(max_batch_size=4, max_input_len=64, max_seq_len=128, max_num_tokens=128)
     spec = repo_spec(portable_engine, limits=limits).model_copy(update={"streaming": False})
     repo = render_repository(spec, tmp_path_factory.mktemp("whole") / "repository")
     serve = ServeSpec(repo=repo, http_port=0, grpc_port=0, metrics_port=0, shutdown_grace=3)

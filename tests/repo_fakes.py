@@ -158,9 +158,10 @@ def write_manifest(
         SourceRecord,
     )
     from trtbuild.builder.manifest import write_manifest as write
-    from trtbuild.builder.settings import BuildSettings, EngineLimits
+    from trtbuild.builder.settings import BuildSettings
+    from trtbuild.specs import Limits
 
-    lim = EngineLimits(
+    lim = Limits(
         **(
             limits
             or {

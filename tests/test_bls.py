@@ -23,12 +23,12 @@ PROMPTS = ["The BLS runs the ensemble's steps", "A second row of the same batch,
 
 @pytest.fixture(scope="session")
 def served_bls_decoupled(portable_engine, tmp_path_factory):  # type: ignore[no-untyped-def]
-    from trtbuild.repository import render_repository
+    from trtbuild.render import render_repository
     from trtbuild.server import TritonServer
-    from trtbuild.specs import RuntimeLimits, ServeSpec
+    from trtbuild.specs import ServeSpec, ServingLimits
     from trtbuild.tiny_model import repo_spec
 
-    limits = RuntimeLimits(max_batch_size=8, max_input_len=128, max_seq_len=256, max_num_tokens=256)
+    limits = ServingLimits(max_batch_size=8, max_input_len=128, max_seq_len=256, max_num_tokens=256)
     spec = repo_spec(portable_engine, limits=limits).model_copy(update={"bls_decoupled": True})
     repo = render_repository(spec, tmp_path_factory.mktemp("bls") / "repository")
     serve = ServeSpec(repo=repo, http_port=0, grpc_port=0, metrics_port=0, shutdown_grace=3)

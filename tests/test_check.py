@@ -13,11 +13,11 @@ from click.testing import CliRunner
 
 from tests.builder.builder_fakes import trtbuild_main
 from tests.repo_fakes import write_hf_checkpoint, write_llama3_tokenizer, write_trtllm_engine
-from trtbuild.builder.manifest import RuntimeInfo
+from trtbuild.builder.manifest import ServingHost
 from trtbuild.check import Finding, check_repository, parameter_keys, run_check
 from trtbuild.errors import SpecError
+from trtbuild.render import SPEC_FILE, render_repository
 from trtbuild.repo import build_repo_spec
-from trtbuild.repository import SPEC_FILE, render_repository
 from trtbuild.specs import CheckOptions
 
 
@@ -27,9 +27,9 @@ def made(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     tmp = tmp_path_factory.mktemp("check")
     tok = write_llama3_tokenizer(tmp / "tok")
     engine = write_trtllm_engine(tmp / "engine", tp=2, tokenizer=tok)
-    cpp = render_repository(build_repo_spec(engine, runtime_info=RuntimeInfo()).spec, tmp / "cpp")
+    cpp = render_repository(build_repo_spec(engine, host=ServingHost()).spec, tmp / "cpp")
     ckpt = write_hf_checkpoint(tmp / "ckpt", tok)
-    llmapi_spec = build_repo_spec(ckpt, runtime="llmapi", runtime_info=RuntimeInfo()).spec
+    llmapi_spec = build_repo_spec(ckpt, runtime="llmapi", host=ServingHost()).spec
     llmapi = render_repository(llmapi_spec, tmp / "llmapi")
     return {"tok": tok, "engine": engine, "cpp": cpp, "ckpt": ckpt, "llmapi": llmapi}
 
@@ -155,7 +155,7 @@ def test_prompt_echoed(made: dict[str, Path], tmp_path: Path) -> None:
         "(clients can still ask per request))"
     ]
     # asked for in trtbuild's spec: not a finding
-    spec = build_repo_spec(made["engine"], runtime_info=RuntimeInfo()).spec
+    spec = build_repo_spec(made["engine"], host=ServingHost()).spec
     asked = render_repository(
         spec.model_copy(update={"exclude_input_in_output": False}), tmp_path / "asked"
     )
@@ -170,9 +170,7 @@ def test_llama3_end_token_never_stops_generation(made: dict[str, Path], tmp_path
         json.dumps({**config, "eos_token": "<|end_of_text|>"})
     )
     engine = write_trtllm_engine(tmp_path / "engine", tokenizer=tok)
-    repo = render_repository(
-        build_repo_spec(engine, runtime_info=RuntimeInfo()).spec, tmp_path / "repo"
-    )
+    repo = render_repository(build_repo_spec(engine, host=ServingHost()).spec, tmp_path / "repo")
     assert check(repo) == []  # trtbuild adds <|eot_id|> as a stop token
     (repo / SPEC_FILE).unlink()
     pre = repo / "preprocessing/config.pbtxt"

@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from tests.repo_fakes import write_llama3_tokenizer, write_trtllm_engine
-from trtbuild.builder.manifest import RuntimeInfo
+from trtbuild.builder.manifest import ServingHost
 from trtbuild.cli import main
 from trtbuild.deploy import deploy
 from trtbuild.files.plan_file import write_plan
@@ -103,11 +103,11 @@ def _render(root: Path, case: str, tiny_model: Path) -> tuple[Path, list[str]]:
     """The repository of ``case`` under ``root`` and the extra deploy options it is tested with."""
     from trtbuild.builder.engine import prepare_portable_engine
 
-    info = RuntimeInfo()
+    info = ServingHost()
     if case.startswith("portable"):
         engine = prepare_portable_engine(tiny_model, root / "engine")
         options = RepoOptions(engine_dir=engine, out=root / "repository", instances=2, device="cpu")
-        make_repository(options, runtime_info=info, gpu_count=0)
+        make_repository(options, host=info, gpu_count=0)
         extra = ["--min-replicas", "2", "--max-replicas", "6", "--namespace", "llm"]
         if case == "portable-download":
             extra = ["--storage", "download", "--init-image", "registry.example/trtbuild:0.1.0",
@@ -125,7 +125,7 @@ def _render(root: Path, case: str, tiny_model: Path) -> tuple[Path, list[str]]:
         engine = write_trtllm_engine(root / "engine", tp=8, pp=2, max_batch_size=256, tokenizer=tok)
         plan = _plan(root / "plan.json", "meta-llama/Llama-3.1-70B", "l4", 8, nodes=2)
         options = RepoOptions(engine_dir=engine, out=root / "repository", plan=plan)
-    make_repository(options, runtime_info=info, gpu_count=8)
+    make_repository(options, host=info, gpu_count=8)
     return root / "repository", ["--plan", str(plan)]
 
 

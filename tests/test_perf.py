@@ -254,12 +254,12 @@ def test_killing_the_server_mid_run_gives_a_partial_result_and_exit_1(
     portable_engine: Path, tmp_path: Path
 ) -> None:
     """The server dies after the first level: that level is kept, the run is marked partial."""
-    from trtbuild.repository import render_repository
+    from trtbuild.render import render_repository
     from trtbuild.server import TritonServer
-    from trtbuild.specs import RuntimeLimits, ServeSpec
+    from trtbuild.specs import ServeSpec, ServingLimits
     from trtbuild.tiny_model import repo_spec
 
-    limits = RuntimeLimits(max_batch_size=4, max_input_len=64, max_seq_len=128, max_num_tokens=128)
+    limits = ServingLimits(max_batch_size=4, max_input_len=64, max_seq_len=128, max_num_tokens=128)
     repo = render_repository(repo_spec(portable_engine, limits=limits), tmp_path / "repository")
     serve = ServeSpec(repo=repo, http_port=0, grpc_port=0, metrics_port=0, shutdown_grace=3)
     out = tmp_path / "run"

@@ -12,8 +12,8 @@ import pytest
 
 from tests.perf_fakes import make_results
 from trtbuild._perf_history import History
-from trtbuild._perf_nightly import PerfMatrix
 from trtbuild.errors import SpecError
+from trtbuild.perf_nightly import PerfMatrix
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "scripts" / "nightly_perf.sh"

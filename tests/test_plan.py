@@ -281,8 +281,8 @@ def test_cli_json(runner: CliRunner, tmp_path: Path) -> None:
     path = tmp_path / "plan.json"
     path.write_text(result.stdout)
     loaded = read_plan(path)
-    assert loaded.runtime_limits().max_batch_size == data["max_batch_size"]
-    assert loaded.runtime_limits().max_seq_len == 2560
+    assert loaded.serving_limits().max_batch_size == data["max_batch_size"]
+    assert loaded.serving_limits().max_seq_len == 2560
 
 
 def test_plan_json_flows_into_the_engine_builder(tmp_path: Path) -> None:

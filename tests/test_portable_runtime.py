@@ -829,12 +829,12 @@ FAULT = '\nparameters: {\n  key: "test_fault_request_id"\n  value: { string_valu
 @pytest.fixture
 def fragile(portable_engine, tmp_path):  # type: ignore[no-untyped-def]
     """A server of its own whose runtime kills its engine thread on request id "die"."""
-    from trtbuild.repository import render_repository
+    from trtbuild.render import render_repository
     from trtbuild.server import TritonServer
-    from trtbuild.specs import RuntimeLimits, ServeSpec
+    from trtbuild.specs import ServeSpec, ServingLimits
     from trtbuild.tiny_model import repo_spec
 
-    limits = RuntimeLimits(max_batch_size=4, max_input_len=64, max_seq_len=512, max_num_tokens=128)
+    limits = ServingLimits(max_batch_size=4, max_input_len=64, max_seq_len=512, max_num_tokens=128)
     repo = render_repository(repo_spec(portable_engine, limits=limits), tmp_path / "repository")
     config = repo / "tensorrt_llm" / "config.pbtxt"
     config.write_text(config.read_text() + FAULT)

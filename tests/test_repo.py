@@ -20,15 +20,15 @@ from tests.repo_fakes import (
     write_manifest,
     write_trtllm_engine,
 )
-from trtbuild.builder.manifest import RuntimeInfo
+from trtbuild.builder.manifest import ServingHost
 from trtbuild.errors import IncompatibleArtifact, OutputExists, SpecError
+from trtbuild.render import SPEC_FILE, load_configs, read_repo_spec, render_repository
 from trtbuild.repo import build_repo_spec, make_repository
-from trtbuild.repository import SPEC_FILE, load_configs, read_repo_spec, render_repository
 from trtbuild.specs import RepoOptions, RepoSpec
 from trtbuild.tokens import tokenizer_ids
 
 GOLDEN = Path(__file__).parent / "golden"
-NOWHERE = RuntimeInfo()  # nothing detected: no GPU, no TensorRT-LLM (as on this machine)
+NOWHERE = ServingHost()  # nothing detected: no GPU, no TensorRT-LLM (as on this machine)
 
 
 @pytest.fixture(autouse=True)
@@ -36,7 +36,7 @@ def _no_detection(monkeypatch: pytest.MonkeyPatch) -> None:
     """The CLI detects the runtime; here, as on a machine without GPU or TensorRT-LLM."""
     import trtbuild.builder.manifest as manifest
 
-    monkeypatch.setattr(manifest, "detect_runtime", lambda: NOWHERE)
+    monkeypatch.setattr(manifest, "detect_host", lambda: NOWHERE)
 
 
 @pytest.fixture
@@ -91,7 +91,7 @@ def test_golden_repo(
     """Rendered configs, model.yaml and the saved spec per flavor (refresh: make golden)."""
     flavor, make = GOLDEN_CASES[case]
     engine, options = make(tmp_path, llama3_tokenizer)
-    spec = build_repo_spec(engine, runtime_info=NOWHERE, **options).spec
+    spec = build_repo_spec(engine, host=NOWHERE, **options).spec
     fixed = Path("/models/engine")  # fixed paths so the golden files are stable
     tokenizer = fixed / Path(spec.tokenizer_dir).relative_to(Path(spec.engine_dir))
     spec = spec.model_copy(update={"engine_dir": fixed, "tokenizer_dir": tokenizer})
@@ -251,7 +251,7 @@ def test_refuses_fp8_kv_cache_the_engine_was_not_built_with(
     tmp_path: Path, llama3_tokenizer: Path
 ) -> None:
     engine = write_trtllm_engine(tmp_path / "e", tokenizer=llama3_tokenizer)
-    spec = build_repo_spec(engine, runtime_info=NOWHERE).spec
+    spec = build_repo_spec(engine, host=NOWHERE).spec
     wrong = spec.model_copy(update={"kv_cache_dtype": "fp8"})
     with pytest.raises(SpecError, match="built with no quantized KV cache.*--kv-cache-dtype fp8"):
         render_repository(wrong, tmp_path / "repo")
@@ -263,22 +263,22 @@ def test_refuses_an_engine_for_another_gpu_or_tensorrt_llm_unless_forced(
 ) -> None:
     engine = write_trtllm_engine(tmp_path / "e", tokenizer=llama3_tokenizer)
     write_manifest(engine, runtime="tensorrtllm", tokenizer_dir="tokenizer")
-    a100 = RuntimeInfo(sm=80, gpu_name="a100-80gb", trtllm_version="1.2.1")
+    a100 = ServingHost(sm=80, gpu_name="a100-80gb", trtllm_version="1.2.1")
     with pytest.raises(IncompatibleArtifact, match=r"built for h100-sxm \(SM 90\).*SM 80.*--force"):
-        build_repo_spec(engine, runtime_info=a100)
-    forced = build_repo_spec(engine, runtime_info=a100, force=True)
+        build_repo_spec(engine, host=a100)
+    forced = build_repo_spec(engine, host=a100, force=True)
     assert any(n.startswith("warning (--force): built for h100-sxm") for n in forced.notes)
     # no manifest: the engine's own config.json version against the installed TensorRT-LLM
     bare = write_trtllm_engine(tmp_path / "bare", version="1.2.0", tokenizer=llama3_tokenizer)
     with pytest.raises(IncompatibleArtifact, match="TensorRT-LLM 1.2.0 but the runtime has 1.2.1"):
-        build_repo_spec(bare, runtime_info=a100)
+        build_repo_spec(bare, host=a100)
 
 
 def test_refuses_versions_a_flavor_cannot_serve(tmp_path: Path, llama3_tokenizer: Path) -> None:
     e13 = write_trtllm_engine(tmp_path / "e13", version="1.3.0", tokenizer=llama3_tokenizer)
     _refused(SpecError, "1.3.0 has no engine .* --runtime llmapi", e13, tmp_path / "r1")
     ckpt = write_hf_checkpoint(tmp_path / "ckpt", llama3_tokenizer)
-    spec = build_repo_spec(ckpt, runtime="llmapi", runtime_info=NOWHERE).spec
+    spec = build_repo_spec(ckpt, runtime="llmapi", host=NOWHERE).spec
     with pytest.raises(SpecError, match="needs TensorRT-LLM >= 1.0"):
         render_repository(spec.model_copy(update={"trtllm_version": "0.19.0"}), tmp_path / "r2")
 
@@ -322,7 +322,7 @@ def test_strings_are_escaped_in_pbtxt_and_yaml(tmp_path: Path, llama3_tokenizer:
     with pytest.raises(SpecError, match="contains '\"', which Triton's Python backend"):
         render(ckpt, tmp_path / "repo", runtime="llmapi")  # `trtbuild repo` refuses such paths
     # the renderer itself (the library) still escapes whatever it is given
-    spec = build_repo_spec(ckpt, runtime="llmapi", runtime_info=NOWHERE).spec
+    spec = build_repo_spec(ckpt, runtime="llmapi", host=NOWHERE).spec
     repo = render_repository(spec, tmp_path / "repo")
     args = yaml.safe_load((repo / "tensorrt_llm/1/model.yaml").read_text())
     assert args["model"] == str(odd.resolve())
@@ -370,8 +370,8 @@ def test_from_an_engine_trtbuild_built_tp2(tiny_model: Path, tmp_path: Path) -> 
         ),  # fmt: skip
         env=BuildEnv(gpus=gpus("h100-sxm", 2), toolchain=FAKE_TOOLCHAIN),
     )
-    h100 = RuntimeInfo(sm=90, gpu_name="h100-sxm", trtllm_version="1.2.1")
-    result = make_repository(RepoOptions(engine_dir=out, out=tmp_path / "repo"), runtime_info=h100)
+    h100 = ServingHost(sm=90, gpu_name="h100-sxm", trtllm_version="1.2.1")
+    result = make_repository(RepoOptions(engine_dir=out, out=tmp_path / "repo"), host=h100)
     spec = result.spec
     assert (spec.runtime, spec.tp, spec.limits.max_batch_size) == ("tensorrtllm", 2, 8)
     assert spec.tokenizer_dir == (out / "tokenizer").resolve()

@@ -24,9 +24,9 @@ import numpy as np
 import pytest
 
 from tests.repo_fakes import copy_tokenizer, write_llama3_tokenizer, write_trtllm_engine
-from trtbuild.builder.manifest import RuntimeInfo
+from trtbuild.builder.manifest import ServingHost
+from trtbuild.render import render_repository
 from trtbuild.repo import build_repo_spec
-from trtbuild.repository import render_repository
 from trtbuild.server import (
     RepoLaunch,
     TritonInstall,
@@ -67,7 +67,7 @@ def cpp_server(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> It
     tmp = tmp_path_factory.mktemp("cpp")
     engine = write_trtllm_engine(tmp / "engine", max_batch_size=8, max_input_len=256,
                                  max_seq_len=512, tokenizer=tiny_model)  # fmt: skip
-    spec = build_repo_spec(engine, runtime_info=RuntimeInfo()).spec
+    spec = build_repo_spec(engine, host=ServingHost()).spec
     repo = render_repository(spec, tmp / "repo")
     with _serve(repo, CORE_LEFT_OUT) as server:
         yield server, spec
@@ -139,7 +139,7 @@ def llmapi_server(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) ->
     tmp = tmp_path_factory.mktemp("llmapi")
     ckpt = copy_tokenizer(tiny_model, tmp / "ckpt")
     (ckpt / "config.json").write_text((tiny_model / "config.json").read_text())
-    spec = build_repo_spec(ckpt, runtime="llmapi", runtime_info=RuntimeInfo()).spec
+    spec = build_repo_spec(ckpt, runtime="llmapi", host=ServingHost()).spec
     spec = spec.model_copy(update={"llmapi_model_py": str(FAKE_LLMAPI)})
     repo = render_repository(spec, tmp / "repo")
     with _serve(repo) as server:
@@ -258,7 +258,7 @@ def test_leader_mode_gives_each_rank_its_shm_prefix_and_loads_only_the_core_on_w
 def test_world_size_comes_from_the_repository(tmp_path: Path) -> None:
     tok = write_llama3_tokenizer(tmp_path / "tok")
     engine = write_trtllm_engine(tmp_path / "engine", tp=2, pp=2, tokenizer=tok)
-    spec = build_repo_spec(engine, runtime_info=RuntimeInfo()).spec
+    spec = build_repo_spec(engine, host=ServingHost()).spec
     repo = render_repository(spec, tmp_path / "repo")
     assert repo_launch(repo) == RepoLaunch("leader", 4)
     # a hand-written repository: read from the engine its tensorrtllm model points at
@@ -279,7 +279,7 @@ def test_serving_world_size_2_without_mpirun_names_the_container(
 
     tok = write_llama3_tokenizer(tmp_path / "tok")
     engine = write_trtllm_engine(tmp_path / "engine", tp=2, tokenizer=tok)
-    repo = render_repository(build_repo_spec(engine, runtime_info=RuntimeInfo()).spec,
+    repo = render_repository(build_repo_spec(engine, host=ServingHost()).spec,
                              tmp_path / "repo")  # fmt: skip
     real_which = server.shutil.which
     monkeypatch.setattr(

@@ -9,14 +9,14 @@ from typing import Any
 import pytest
 
 from tests.repo_fakes import write_llama3_tokenizer, write_trtllm_engine
-from trtbuild.builder.manifest import RuntimeInfo
+from trtbuild.builder.manifest import ServingHost
 from trtbuild.ensembles._rules import RepoView, findings, view_from_spec
 from trtbuild.ensembles._wiring import ensemble_findings
 from trtbuild.errors import SpecError
 from trtbuild.files.model_config import load_configs
+from trtbuild.render import render_repository
 from trtbuild.repo import build_repo_spec
-from trtbuild.repository import render_repository
-from trtbuild.specs import EngineInfo, RepoSpec, RuntimeLimits
+from trtbuild.specs import EngineInfo, RepoSpec, ServingLimits
 
 
 def spec(**update: Any) -> RepoSpec:
@@ -92,7 +92,7 @@ def test_spec_and_configs_agree(tmp_path: Path) -> None:
     verdict from each shared rule."""
     tok = write_llama3_tokenizer(tmp_path / "tok")
     eng = write_trtllm_engine(tmp_path / "engine", tp=2, tokenizer=tok)
-    built = build_repo_spec(eng, runtime_info=RuntimeInfo()).spec
+    built = build_repo_spec(eng, host=ServingHost()).spec
     repo = render_repository(built, tmp_path / "repo")
     from trtbuild.check import run_check
     from trtbuild.specs import CheckOptions
@@ -110,9 +110,9 @@ def test_spec_and_configs_agree(tmp_path: Path) -> None:
 
 def test_limits_validate_their_relations() -> None:
     with pytest.raises(ValueError, match="must be below max_seq_len"):
-        RuntimeLimits(max_input_len=2048, max_seq_len=2048)
+        ServingLimits(max_input_len=2048, max_seq_len=2048)
     with pytest.raises(ValueError, match="so the longest prompt can be prefilled"):
-        RuntimeLimits(max_input_len=1024, max_seq_len=2048, max_num_tokens=512)
+        ServingLimits(max_input_len=1024, max_seq_len=2048, max_num_tokens=512)
 
 
 # -- wiring (ensembles/_wiring.py) ---------------------------------------------------------------------

@@ -20,12 +20,12 @@ from pathlib import Path
 import pytest
 
 from tests.repo_fakes import write_hf_checkpoint, write_llama3_tokenizer, write_trtllm_engine
-from trtbuild.builder.manifest import RuntimeInfo
+from trtbuild.builder.manifest import ServingHost
 from trtbuild.cli import main
 from trtbuild.errors import SpecError
 from trtbuild.files.model_config import load_configs
+from trtbuild.render import render_repository
 from trtbuild.repo import make_repository, place_instances
-from trtbuild.repository import render_repository
 from trtbuild.server import TritonInstall, TritonServer, launch_argv, repo_launch
 from trtbuild.specs import RepoOptions, ServeSpec
 
@@ -45,7 +45,7 @@ def test_tensorrtllm_instances_get_tp_x_pp_gpus_each(tmp_path: Path) -> None:
     tok = write_llama3_tokenizer(tmp_path / "tok")
     engine = write_trtllm_engine(tmp_path / "engine", tp=2, tokenizer=tok)
     options = RepoOptions(engine_dir=engine, out=tmp_path / "repo", instances=3)
-    result = make_repository(options, runtime_info=RuntimeInfo(), gpu_count=8)
+    result = make_repository(options, host=ServingHost(), gpu_count=8)
     assert result.spec.gpu_device_ids == [[0, 1], [2, 3], [4, 5]]
     assert result.spec.instances == 3
     groups = _instance_groups(result.path)
@@ -56,19 +56,19 @@ def test_tensorrtllm_instances_get_tp_x_pp_gpus_each(tmp_path: Path) -> None:
     with pytest.raises(SpecError, match=r"--instances 5 of TP 2 x PP 1 needs 10 GPUs .* 8; pass "
                                         r"--instances 4"):  # fmt: skip
         make_repository(options.model_copy(update={"instances": 5, "force": True}),
-                        runtime_info=RuntimeInfo(), gpu_count=8)  # fmt: skip
+                        host=ServingHost(), gpu_count=8)  # fmt: skip
 
 
 def test_portable_instances_are_pinned_one_gpu_each_or_split_the_cpu(
     portable_engine: Path, tmp_path: Path
 ) -> None:
     options = RepoOptions(engine_dir=portable_engine, out=tmp_path / "gpu", instances=2)
-    gpu = make_repository(options, runtime_info=RuntimeInfo(), gpu_count=2)
+    gpu = make_repository(options, host=ServingHost(), gpu_count=2)
     groups = _instance_groups(gpu.path)
     assert groups == [(1, "KIND_GPU", [0]), (1, "KIND_GPU", [1])]
     assert load_configs(gpu.path)["tensorrt_llm"].parameters["device"].string_value == "cuda"
     cpu = make_repository(options.model_copy(update={"out": tmp_path / "cpu"}),
-                          runtime_info=RuntimeInfo(), gpu_count=0)  # fmt: skip
+                          host=ServingHost(), gpu_count=0)  # fmt: skip
     assert _instance_groups(cpu.path) == [(2, "KIND_CPU", [])]
     assert "CPU" in cpu.summary() and "2 tensorrt_llm engines" in cpu.summary()
     assert repo_launch(cpu.path).mode == repo_launch(gpu.path).mode == "single"
@@ -96,7 +96,7 @@ def test_device_is_for_the_portable_runtime_only(tmp_path: Path) -> None:
     engine = write_trtllm_engine(tmp_path / "engine", tokenizer=tok)
     options = RepoOptions(engine_dir=engine, out=tmp_path / "repo", device="cpu")
     with pytest.raises(SpecError, match="--device is for the portable runtime"):
-        make_repository(options, runtime_info=RuntimeInfo(), gpu_count=1)
+        make_repository(options, host=ServingHost(), gpu_count=1)
     assert not (tmp_path / "repo").exists()
 
 
@@ -177,13 +177,13 @@ def test_two_cpu_instances_both_serve(portable_engine: Path, tmp_path: Path) -> 
 # -- the launch commands at world sizes 1, 2, 4, 8 --------------------------------------------------
 def _repo(tmp: Path, case: str) -> Path:
     tok = write_llama3_tokenizer(tmp / "tok")
-    info = RuntimeInfo()
+    info = ServingHost()
     flavor, _, layout = case.partition("-")
     if flavor == "llmapi":
         from trtbuild.repo import build_repo_spec
 
         ckpt = write_hf_checkpoint(tmp / "ckpt", tok)
-        spec = build_repo_spec(ckpt, runtime="llmapi", runtime_info=info).spec
+        spec = build_repo_spec(ckpt, runtime="llmapi", host=info).spec
         tp = int(layout.removeprefix("tp"))
         return render_repository(spec.model_copy(update={"tp": tp}), tmp / "repo")
     match = re.fullmatch(r"(?:(\d+)x-)?tp(\d+)(?:-pp(\d+))?", layout)
@@ -191,7 +191,7 @@ def _repo(tmp: Path, case: str) -> Path:
     instances, tp, pp = int(match[1] or 1), int(match[2]), int(match[3] or 1)
     engine = write_trtllm_engine(tmp / "engine", tp=tp, pp=pp, tokenizer=tok)
     options = RepoOptions(engine_dir=engine, out=tmp / "repo", instances=instances)
-    return make_repository(options, runtime_info=info, gpu_count=8).path
+    return make_repository(options, host=info, gpu_count=8).path
 
 
 LAUNCH_CASES = {

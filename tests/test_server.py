@@ -186,12 +186,12 @@ def test_serve_refuses_an_engine_built_for_another_gpu_unless_forced(
     from trtbuild.builder import manifest
     from trtbuild.cli import main
     from trtbuild.errors import IncompatibleArtifact
-    from trtbuild.repository import preflight
+    from trtbuild.render import preflight
 
     engine = write_trtllm_engine(tmp_path / "engine")
     write_manifest(engine, runtime="tensorrtllm")  # built for h100-sxm, SM 90, TensorRT-LLM 1.2.1
     repo = _repo_serving(engine, tmp_path / "repo")
-    l40s = manifest.RuntimeInfo(sm=89, gpu_name="l40s", trtllm_version="1.2.1")
+    l40s = manifest.ServingHost(sm=89, gpu_name="l40s", trtllm_version="1.2.1")
     with pytest.raises(
         IncompatibleArtifact, match=r"built for h100-sxm \(SM 90\) but this GPU is l40s \(SM 89\)"
     ):
@@ -199,9 +199,9 @@ def test_serve_refuses_an_engine_built_for_another_gpu_unless_forced(
     assert preflight(repo, runtime=l40s, force=True) == [
         "built for h100-sxm (SM 90) but this GPU is l40s (SM 89)"
     ]
-    assert preflight(repo, runtime=manifest.RuntimeInfo(sm=90, trtllm_version="1.2.1")) == []
+    assert preflight(repo, runtime=manifest.ServingHost(sm=90, trtllm_version="1.2.1")) == []
     # the CLI stops before starting anything: exit 2, both sides named, the fix given
-    monkeypatch.setattr(manifest, "detect_runtime", lambda: l40s)
+    monkeypatch.setattr(manifest, "detect_host", lambda: l40s)
     with pytest.raises(SystemExit) as info:
         main(["serve", str(repo)])
     err = capsys.readouterr().err

@@ -74,11 +74,11 @@ def _numpy_wheel(folder: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def repository(portable_engine: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from trtbuild.repository import render_repository
-    from trtbuild.specs import RuntimeLimits
+    from trtbuild.render import render_repository
+    from trtbuild.specs import ServingLimits
     from trtbuild.tiny_model import repo_spec
 
-    limits = RuntimeLimits(max_batch_size=2, max_input_len=64, max_seq_len=128, max_num_tokens=128)
+    limits = ServingLimits(max_batch_size=2, max_input_len=64, max_seq_len=128, max_num_tokens=128)
     return render_repository(
         repo_spec(portable_engine, limits=limits),
         tmp_path_factory.mktemp("stub-env") / "repository",

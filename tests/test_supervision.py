@@ -38,11 +38,11 @@ GONE_WITHIN_S = 10.0
 @pytest.fixture(scope="session")
 def small_repo(portable_engine: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small portable-runtime repository of its own (the shared `served` server stays intact)."""
-    from trtbuild.repository import render_repository
-    from trtbuild.specs import RuntimeLimits
+    from trtbuild.render import render_repository
+    from trtbuild.specs import ServingLimits
     from trtbuild.tiny_model import repo_spec
 
-    limits = RuntimeLimits(max_batch_size=4, max_input_len=64, max_seq_len=128, max_num_tokens=128)
+    limits = ServingLimits(max_batch_size=4, max_input_len=64, max_seq_len=128, max_num_tokens=128)
     spec = repo_spec(portable_engine, limits=limits)
     return render_repository(spec, tmp_path_factory.mktemp("supervised") / "repository")
 

@@ -18,12 +18,12 @@ from click.testing import CliRunner
 
 from tests.repo_fakes import write_llama3_tokenizer, write_trtllm_engine
 from tests.upstream_repo import write_upstream_repository
-from trtbuild.builder.manifest import RuntimeInfo
+from trtbuild.builder.manifest import ServingHost
 from trtbuild.cli import cli
 from trtbuild.ensembles.inflight_batcher_llm import CHECKED_BY_NAME, DTYPE_FILL
 from trtbuild.ensembles.upstream import LINES, Facts, UpstreamTensor, facts, facts_path
+from trtbuild.render import load_configs, render_repository
 from trtbuild.repo import build_repo_spec
-from trtbuild.repository import load_configs, render_repository
 
 VERSIONS = {"0.19": "0.19.0", "1.2": "1.2.1"}  # a TensorRT-LLM release of each line
 # required inputs trtbuild declares optional and refuses by name (see CHECKED_BY_NAME)
@@ -35,7 +35,7 @@ SOURCE = re.compile(r"^(\w+:)?[\w./-]+@[0-9a-f]{8,40}(:\d+(-\d+)?)?")
 def _no_detection(monkeypatch: pytest.MonkeyPatch) -> None:
     import trtbuild.builder.manifest as manifest
 
-    monkeypatch.setattr(manifest, "detect_runtime", lambda: RuntimeInfo())
+    monkeypatch.setattr(manifest, "detect_host", lambda: ServingHost())
 
 
 def _proto_tensor(t: Any, *, is_input: bool) -> dict[str, Any]:
@@ -107,7 +107,7 @@ def tokenizer(tmp_path: Path) -> Path:
 
 def _render_tensorrtllm(tmp_path: Path, tokenizer: Path, version: str, **update: Any) -> Path:
     engine = write_trtllm_engine(tmp_path / "engine", version=version, tokenizer=tokenizer)
-    spec = build_repo_spec(engine, runtime_info=RuntimeInfo()).spec.model_copy(update=update)
+    spec = build_repo_spec(engine, host=ServingHost()).spec.model_copy(update=update)
     return render_repository(spec, tmp_path / "repo")
 
 

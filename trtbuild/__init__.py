@@ -19,7 +19,7 @@ _API = {
     "Client": "trtbuild.client",
     "Generation": "trtbuild.client",
     "TritonServer": "trtbuild.server",
-    "render_repository": "trtbuild.repository",
+    "render_repository": "trtbuild.render",
     "make_repository": "trtbuild.repo",
     "build_repo_spec": "trtbuild.repo",
     "run_check": "trtbuild.check",
@@ -36,7 +36,8 @@ _API = {
     "PlanSpec": "trtbuild.specs",
     "RepoOptions": "trtbuild.specs",
     "RepoSpec": "trtbuild.specs",
-    "RuntimeLimits": "trtbuild.specs",
+    "Limits": "trtbuild.specs",
+    "ServingLimits": "trtbuild.specs",
     "ServeSpec": "trtbuild.specs",
     "TrtbuildError": "trtbuild.errors",
     "UserError": "trtbuild.errors",
@@ -49,20 +50,21 @@ if TYPE_CHECKING:
     from trtbuild.client import Client, Generation
     from trtbuild.errors import RuntimeFailure, TrtbuildError, UserError
     from trtbuild.plan import make_plan, plan_from_spec
+    from trtbuild.render import render_repository
     from trtbuild.repo import build_repo_spec, make_repository
-    from trtbuild.repository import render_repository
     from trtbuild.server import TritonServer
     from trtbuild.specs import (
         CheckOptions,
         DownloadSpec,
         EngineSpec,
         InferSpec,
+        Limits,
         PlanRequest,
         PlanSpec,
         RepoOptions,
         RepoSpec,
-        RuntimeLimits,
         ServeSpec,
+        ServingLimits,
     )
     from trtbuild.tiny_model import create_tiny_model
 
@@ -86,7 +88,8 @@ __all__ = [
     "RepoOptions",
     "RepoSpec",
     "RuntimeFailure",
-    "RuntimeLimits",
+    "Limits",
+    "ServingLimits",
     "ServeSpec",
     "TritonServer",
     "TrtbuildError",

@@ -19,14 +19,15 @@ from typing import Any
 import yaml
 
 from trtbuild import _observability as obs
-from trtbuild.deploy import (
+from trtbuild._deploy_layout import (
     EXIT_TIMEOUT_S,
     PORTS,
     GiB,
     Layout,
     serve_command,
-    spec_document,
 )
+from trtbuild.ensembles import kind_for
+from trtbuild.files.repo_spec import SPEC_FILE, repo_spec_text
 from trtbuild.specs import DeploySpec, RepoSpec
 
 SPEC_MOUNT = "/etc/trtbuild"
@@ -304,7 +305,7 @@ def manifests(
             "apiVersion": "v1",
             "kind": "ConfigMap",
             "metadata": _meta(f"{name}-repo-spec", layout, ns),
-            "data": {"trtbuild-repo.json": spec_document(repo)},
+            "data": {SPEC_FILE: repo_spec_text(repo, kind_for(repo).KIND)},
         }
     pod = _pod_spec(spec, repo_dir, repo, layout, root, source)
     if layout.multi_node:

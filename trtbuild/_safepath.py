@@ -14,7 +14,8 @@ import string
 from pathlib import Path
 from typing import Any
 
-from trtbuild.errors import SpecError
+from trtbuild.errors import SpecError, TrtbuildError
+from trtbuild.files.model_config import parse_config
 from trtbuild.findings import REPOSITORY, Finding
 
 SAFE_CHARACTERS = frozenset(string.ascii_letters + string.digits + "/._-+=@,:%")
@@ -59,8 +60,6 @@ def unsafe_path_findings(repo: Path) -> list[Finding]:
     ``tokenizer_dir`` and ``EXECUTION_ENV_PATH``. A config that does not parse is skipped (the
     parser reports it).
     """
-    from trtbuild.errors import TrtbuildError
-    from trtbuild.files.model_config import parse_config
 
     repo = Path(repo)
     findings: list[Finding] = []

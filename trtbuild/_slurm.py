@@ -16,14 +16,14 @@ import math
 import shlex
 from pathlib import Path
 
-from trtbuild.deploy import EXIT_TIMEOUT_S, PORTS, TRITONSERVER, Layout, serve_command
+from trtbuild._deploy_layout import EXIT_TIMEOUT_S, PORTS, TRITONSERVER, Layout, serve_command
 from trtbuild.errors import SpecError
+from trtbuild.server import RepoLaunch, TritonInstall, repo_launch, server_argv
 from trtbuild.specs import DeploySpec, RepoSpec, ServeSpec
 
 
 def _rank_script(repo_dir: Path) -> tuple[str, dict[str, str], int]:
     """(the bash the tasks of one replica run, environment, tasks per replica)."""
-    from trtbuild.server import RepoLaunch, TritonInstall, repo_launch, server_argv
 
     launch: RepoLaunch = repo_launch(Path(repo_dir))
     if launch.mode != "leader":

@@ -39,6 +39,7 @@ from typing import Any
 from trtbuild import paths, proc
 from trtbuild._atomic import atomic_dir
 from trtbuild.errors import RuntimeFailure, UserError
+from trtbuild.files.model_config import load_configs
 
 WHEEL_TRITON = (2, 51)  # nvidia-pytriton 0.7.0 carries Triton 2.51
 FIRST_NUMPY2_TRITON = (2, 52)  # python_backend#384 (pybind11 2.10 -> 2.12)
@@ -127,8 +128,6 @@ def needed_modules(repo: Path) -> tuple[str, ...]:
     own utilities import it), read from their source: ``model.py`` and the sibling modules it
     imports. Imports under ``if TYPE_CHECKING`` and imports an ``except ImportError`` covers are
     optional and left out."""
-    from trtbuild.files.model_config import load_configs
-
     repo = Path(repo)
     needed: set[str] = set()
     python_models = [m for m, c in load_configs(repo).items() if c.backend == "python"]

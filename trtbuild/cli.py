@@ -1186,7 +1186,7 @@ in docs/perf.md.""",
 @click.option("--compare-only", is_flag=True, help="Measure nothing; compare the latest runs.")
 def perf_nightly(matrix: Path, db: Path | None, compare_only: bool) -> None:
     """Run a perf matrix, append it to the history, and fail on regressions."""
-    from trtbuild.perf import run_nightly
+    from trtbuild.perf_nightly import run_nightly
     from trtbuild.specs import PerfNightlySpec
 
     run_nightly(PerfNightlySpec(matrix=matrix, db=db, compare_only=compare_only), out=sys.stdout)

@@ -18,7 +18,7 @@ from trtbuild._atomic import check_writable
 from trtbuild._safepath import check_safe_path
 from trtbuild.builder.engine import prepare_portable_engine
 from trtbuild.client import Client, Generation
-from trtbuild.repository import render_repository
+from trtbuild.render import render_repository
 from trtbuild.server import TritonServer
 from trtbuild.specs import DemoSpec, InferSpec, ServeSpec
 from trtbuild.tiny_model import create_tiny_model, repo_spec

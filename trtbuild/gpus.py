@@ -35,7 +35,7 @@ import re
 import shutil
 from dataclasses import dataclass
 
-from trtbuild import vocab
+from trtbuild import proc, vocab
 from trtbuild.errors import SpecError, TrtbuildError
 from trtbuild.specs import StrictModel
 
@@ -208,7 +208,6 @@ def _detect_nvml() -> list[DetectedGpu] | None:
 
 
 def _detect_nvidia_smi() -> list[DetectedGpu]:
-    from trtbuild import proc
 
     exe = shutil.which("nvidia-smi")
     if exe is None:

@@ -35,7 +35,8 @@ from typing import IO, Any, TextIO, cast
 from trtbuild import __version__, proc
 from trtbuild._atomic import atomic_dir, check_writable
 from trtbuild._perf_export import ExportError, TokenSource, parse_export, records
-from trtbuild._perf_history import Comparison
+from trtbuild._perf_genai import write_genai_perf
+from trtbuild._perf_history import HEADLINE, METRICS, History
 from trtbuild._perf_metrics import NoMeasurement, level_metrics, measured_window
 from trtbuild._perf_prompts import (
     Prompt,
@@ -45,6 +46,14 @@ from trtbuild._perf_prompts import (
     read_dataset,
     synthetic_prompts,
     target_from_config,
+)
+from trtbuild._perf_report import (
+    metric_label,
+    plot_trend,
+    ratio_table,
+    results_table,
+    write_plots,
+    write_report,
 )
 from trtbuild._perf_results import (
     CSV_FILE,
@@ -59,9 +68,14 @@ from trtbuild._perf_results import (
     write_csv,
 )
 from trtbuild._perf_sampler import Sampler, summarize
+from trtbuild.builder.manifest import MANIFEST, read_manifest
+from trtbuild.client import Client
 from trtbuild.errors import RuntimeFailure, SpecError, TrtbuildError, UserError
+from trtbuild.files.repo_spec import SPEC_FILE, read_repo_spec
+from trtbuild.gpus import detect_gpus
 from trtbuild.perf_analyzer import PerfAnalyzer, find_perf_analyzer
-from trtbuild.specs import PerfHistorySpec, PerfNightlySpec, PerfSpec, RepoSpec
+from trtbuild.server import TritonServer
+from trtbuild.specs import PerfHistorySpec, PerfSpec, RepoSpec, ServeSpec
 
 POLL_S = 0.25
 LIVENESS_S = 1.0
@@ -119,8 +133,6 @@ def _serving(spec: PerfSpec) -> Iterator[_Server]:
             spec.url, spec.metrics_url or _default_metrics_url(spec.url), _grpc_problem(spec.url)
         )
         return
-    from trtbuild.server import TritonServer
-    from trtbuild.specs import ServeSpec
 
     assert spec.repo is not None
     serve = ServeSpec(
@@ -171,7 +183,6 @@ def _served(url: str) -> tuple[str, dict[str, str]]:
 
 def _targets(url: str, spec: PerfSpec, states: dict[str, str]) -> list[tuple[Target, bool]]:
     """Each model asked for, with whether it is streamed."""
-    from trtbuild.client import Client
 
     found = []
     with Client(url) as client:
@@ -194,7 +205,6 @@ def _targets(url: str, spec: PerfSpec, states: dict[str, str]) -> list[tuple[Tar
 
 
 def _parameters(url: str, model: str) -> dict[str, str]:
-    from trtbuild.client import Client
 
     with Client(url) as client:
         try:
@@ -247,7 +257,6 @@ def _host() -> HostInfo:
 
 def _gpus() -> tuple[list[GpuInfo], str | None, list[str]]:
     """(GPUs, driver version, their short names) of this machine."""
-    from trtbuild.gpus import detect_gpus
 
     found = detect_gpus()
     driver = None
@@ -293,7 +302,6 @@ def _is_local(url: str) -> bool:
 
 def _repo_context(repo: Path | None) -> tuple[RepoSpec | None, dict[str, Any] | None, list[str]]:
     """(repository spec, engine manifest, notes) of a trtbuild repository."""
-    from trtbuild.files.repo_spec import SPEC_FILE, read_repo_spec
 
     notes: list[str] = []
     if repo is None or not (Path(repo) / SPEC_FILE).is_file():
@@ -306,7 +314,6 @@ def _repo_context(repo: Path | None) -> tuple[RepoSpec | None, dict[str, Any] | 
         notes.append(f"the repository spec of {repo} could not be read ({exc})")
         return None, None, notes
     manifest = None
-    from trtbuild.builder.manifest import MANIFEST, read_manifest
 
     if (Path(repo_spec.engine_dir) / MANIFEST).is_file():
         try:
@@ -826,8 +833,6 @@ def _check_limits(
 
 
 def _write(results: PerfResults, spec: PerfSpec, final: Path, work: Path) -> None:
-    from trtbuild._perf_genai import write_genai_perf
-    from trtbuild._perf_report import write_plots, write_report
 
     results.write(final)
     write_csv(results, final / CSV_FILE)
@@ -846,8 +851,6 @@ def _write(results: PerfResults, spec: PerfSpec, final: Path, work: Path) -> Non
 def _print_tables(results: PerfResults, out: IO[str] | TextIO) -> None:
     from rich.console import Console
 
-    from trtbuild._perf_report import ratio_table, results_table
-
     console = Console(file=out, width=None if out.isatty() else 160)
     console.print(results_table(results))
     table = ratio_table(results)
@@ -862,9 +865,6 @@ def show_history(spec: PerfHistorySpec, *, out: TextIO | None = None) -> None:
     """``trtbuild perf history``: the series of a database, or one series' trend (and plot)."""
     from rich.console import Console
     from rich.table import Table
-
-    from trtbuild._perf_history import HEADLINE, METRICS, History
-    from trtbuild._perf_report import metric_label, plot_trend
 
     out = out if out is not None else sys.stdout
     console = Console(file=out, width=None if out.isatty() else 160)
@@ -901,11 +901,4 @@ def show_history(spec: PerfHistorySpec, *, out: TextIO | None = None) -> None:
         print(f"wrote {spec.plot}", file=sys.stderr)
 
 
-def run_nightly(spec: PerfNightlySpec, *, out: TextIO | None = None) -> list[Comparison]:
-    """``scripts/nightly_perf.sh``: see ``trtbuild._perf_nightly``."""
-    from trtbuild._perf_nightly import run_nightly as nightly
-
-    return nightly(spec, out=out)
-
-
-__all__ = ["PartialRun", "ratios", "run_nightly", "run_perf", "series_key", "show_history"]
+__all__ = ["PartialRun", "ratios", "run_perf", "series_key", "show_history"]

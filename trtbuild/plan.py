@@ -36,7 +36,7 @@ from trtbuild.errors import SpecError, UserError
 from trtbuild.files.checkpoint_manifest import read_model_facts
 from trtbuild.gpus import GpuSpec, get_gpu, known_gpus
 from trtbuild.model_facts import ModelFacts, ParamCount
-from trtbuild.specs import PlanRequest, PlanSpec, RuntimeLimits, StrictModel
+from trtbuild.specs import PlanRequest, PlanSpec, ServingLimits, StrictModel
 from trtbuild.vocab import DEFAULT_MAX_NUM_TOKENS, SM_FP8
 
 GiB = 2**30
@@ -139,7 +139,7 @@ class Plan(StrictModel):
     reasons: list[str]
     arithmetic: list[Step]
 
-    def runtime_limits(self, **overrides: int) -> RuntimeLimits:
+    def serving_limits(self, **overrides: int) -> ServingLimits:
         """The serving limits for the repository and the portable runtime."""
         values = {
             "max_batch_size": self.max_batch_size,
@@ -148,7 +148,7 @@ class Plan(StrictModel):
             "max_num_tokens": self.max_num_tokens,
             **overrides,
         }
-        return RuntimeLimits(**values)
+        return ServingLimits(**values)
 
 
 # -- the pure core ----------------------------------------------------------------------------------

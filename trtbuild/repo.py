@@ -25,7 +25,13 @@ from typing import Any
 
 from trtbuild._atomic import check_writable
 from trtbuild._safepath import check_safe_path
-from trtbuild.builder.manifest import MANIFEST, RuntimeInfo, check_compatible, detect_runtime
+from trtbuild.builder.manifest import (
+    MANIFEST,
+    Manifest,
+    ServingHost,
+    check_compatible,
+    detect_host,
+)
 from trtbuild.builder.manifest import read_manifest as read_engine_manifest
 from trtbuild.engine_info import checkpoint_info, layout_runtime, tensorrtllm_info
 from trtbuild.ensembles import kind_for
@@ -34,8 +40,9 @@ from trtbuild.errors import IncompatibleArtifact, SpecError, first_error
 from trtbuild.files.hf import HF_QUANT_CONFIG
 from trtbuild.files.plan_file import read_plan
 from trtbuild.files.repo_spec import read_repo_spec, spec_path
-from trtbuild.repository import render_repository
-from trtbuild.specs import EngineInfo, RepoOptions, RepoSpec, Runtime, RuntimeLimits
+from trtbuild.gpus import detect_gpus
+from trtbuild.render import render_repository
+from trtbuild.specs import EngineInfo, RepoOptions, RepoSpec, Runtime, ServingLimits
 from trtbuild.tokens import find_tokenizer, tokenizer_ids
 
 
@@ -55,11 +62,11 @@ def build_repo_spec(
     bls_decoupled: bool = False,
     plan: Path | None = None,
     force: bool = False,
-    runtime_info: Any = None,
+    host: ServingHost | None = None,
 ) -> RepoBuild:
     """The ``RepoSpec`` for serving ``engine_dir``, and notes for the user.
 
-    ``runtime_info`` (a ``builder.manifest.RuntimeInfo``) is where the engine will run; by default
+    ``host`` (a ``builder.manifest.ServingHost``) is where the engine will run; by default
     this machine's GPU and TensorRT-LLM, each checked only when detected. An engine built for
     another GPU or TensorRT-LLM version is refused (``IncompatibleArtifact``) unless ``force``.
     """
@@ -70,7 +77,7 @@ def build_repo_spec(
     notes: list[str] = []
     manifest = read_engine_manifest(engine_dir) if (engine_dir / MANIFEST).is_file() else None
     runtime = _pick_runtime(engine_dir, runtime, manifest)
-    found: RuntimeInfo = runtime_info if runtime_info is not None else detect_runtime()
+    found: ServingHost = host if host is not None else detect_host()
     if manifest is not None:
         for problem in check_compatible(manifest, found, force=force, where=engine_dir):
             notes.append(f"warning (--force): {problem}")
@@ -150,7 +157,7 @@ def build_repo_spec(
     return RepoBuild(spec=spec, notes=notes)
 
 
-def _pick_runtime(engine_dir: Path, asked: Runtime | None, manifest: Any) -> Runtime:
+def _pick_runtime(engine_dir: Path, asked: Runtime | None, manifest: Manifest | None) -> Runtime:
     layout = layout_runtime(engine_dir)
     if manifest is not None:
         if asked is not None and asked != manifest.runtime:
@@ -181,7 +188,7 @@ def _pick_runtime(engine_dir: Path, asked: Runtime | None, manifest: Any) -> Run
     )
 
 
-def _engine_limits(info: EngineInfo, manifest: Any, notes: list[str]) -> RuntimeLimits:
+def _engine_limits(info: EngineInfo, manifest: Manifest | None, notes: list[str]) -> ServingLimits:
     """Serving limits: the engine's compiled ones, else the manifest's, else trtbuild's defaults
     (capped by the model's context)."""
     if info.runtime == "tensorrtllm" and info.max_batch_size and info.max_seq_len:
@@ -193,7 +200,7 @@ def _engine_limits(info: EngineInfo, manifest: Any, notes: list[str]) -> Runtime
                 f"to {max_input} tokens to leave room for output"
             )
         max_tokens = max(info.max_num_tokens or max_input, max_input)
-        return RuntimeLimits(
+        return ServingLimits(
             max_batch_size=info.max_batch_size,
             max_input_len=max_input,
             max_seq_len=max_seq,
@@ -201,16 +208,16 @@ def _engine_limits(info: EngineInfo, manifest: Any, notes: list[str]) -> Runtime
         )
     if manifest is not None:
         lim = manifest.limits
-        return RuntimeLimits(
+        return ServingLimits(
             max_batch_size=lim.max_batch_size,
             max_input_len=lim.max_input_len,
             max_seq_len=lim.max_seq_len,
             max_num_tokens=max(lim.max_num_tokens, lim.max_input_len),
         )
-    limits = RuntimeLimits()
+    limits = ServingLimits()
     context = info.max_position_embeddings
     if context and context < limits.max_seq_len:
-        limits = RuntimeLimits(
+        limits = ServingLimits(
             max_batch_size=limits.max_batch_size,
             max_input_len=context // 2,
             max_seq_len=context,
@@ -230,7 +237,7 @@ def _apply_plan(
             f"{info.pp}; render with the plan the engine was built from, or rebuild the engine "
             f"with 'trtbuild engine --plan {path}'"
         )
-    values["limits"] = plan.runtime_limits()
+    values["limits"] = plan.serving_limits()
     values["kv_cache_free_gpu_mem_fraction"] = plan.kv_cache_free_gpu_mem_fraction
     if runtime != "torch":
         values.update(tp=plan.tp, pp=plan.pp)
@@ -287,7 +294,7 @@ class RepoResult:
 
 
 def make_repository(
-    options: RepoOptions, *, runtime_info: Any = None, gpu_count: int | None = None
+    options: RepoOptions, *, host: ServingHost | None = None, gpu_count: int | None = None
 ) -> RepoResult:
     """``trtbuild repo``: build the spec from the engine directory (or take a saved one and apply
     the options given), then render it atomically.
@@ -310,7 +317,7 @@ def make_repository(
             bls_decoupled=bool(options.bls_decoupled),
             plan=options.plan,
             force=options.force,
-            runtime_info=runtime_info,
+            host=host,
         )
     if options.instances is not None or options.device is not None:
         count = gpu_count if gpu_count is not None else _visible_gpus()
@@ -363,7 +370,6 @@ _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
 def _visible_gpus() -> int:
     """GPUs this process can use: the driver's, narrowed by ``CUDA_VISIBLE_DEVICES``."""
-    from trtbuild.gpus import detect_gpus
 
     count = len(detect_gpus())
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")

@@ -43,6 +43,10 @@ from trtbuild.errors import (
     TrtbuildError,
     first_error,
 )
+from trtbuild.files.model_config import load_configs
+from trtbuild.files.repo_spec import SPEC_FILE, read_repo_spec
+from trtbuild.files.trtllm import read_engine_config
+from trtbuild.render import preflight
 from trtbuild.specs import ServeSpec
 
 LOG_TAIL = 50
@@ -271,8 +275,6 @@ def repo_launch(repo: Path) -> RepoLaunch:
 
 
 def _repo_launch(repo: Path) -> RepoLaunch:
-    from trtbuild.files.model_config import load_configs
-    from trtbuild.files.repo_spec import SPEC_FILE, read_repo_spec
 
     if (repo / SPEC_FILE).is_file():
         spec = read_repo_spec(repo)
@@ -285,7 +287,6 @@ def _repo_launch(repo: Path) -> RepoLaunch:
         if spec.runtime == "llmapi" and world > 1 and not spec.gpu_device_ids:
             return RepoLaunch("mpi", world)
         return RepoLaunch("single", world, gpus=gpus)
-    from trtbuild.files.trtllm import read_engine_config
 
     for name, config in load_configs(repo).items():
         if config.backend != "tensorrtllm":
@@ -448,7 +449,6 @@ class TritonServer:
     """
 
     def __init__(self, spec: ServeSpec, *, quiet: bool = False, watch: bool = True) -> None:
-        from trtbuild.repository import preflight
 
         repo = Path(spec.repo)
         # Triton's Python backend hands these paths to `bash -c` unquoted: refuse unsafe ones

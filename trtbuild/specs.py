@@ -22,9 +22,11 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-# -- serving limits (shared by the portable runtime, the repository and the engine) -------------
-class RuntimeLimits(StrictModel):
-    """Per-deployment limits. The portable runtime enforces all of them per request."""
+# -- limits (the one model: what an engine is built for, and what a deployment serves) ------------
+class Limits(StrictModel):
+    """The sequence limits an engine is built for. No cross-field rule here: what TensorRT-LLM
+    accepts depends on the build (chunked context lets max_num_tokens be below max_input_len), so
+    builder/validate.py judges a build's limits and ``ServingLimits`` a deployment's."""
 
     max_batch_size: int = Field(
         vocab.DEFAULT_MAX_BATCH_SIZE, ge=1, le=4096, description="sequences decoded together"
@@ -34,6 +36,12 @@ class RuntimeLimits(StrictModel):
     max_num_tokens: int = Field(
         vocab.DEFAULT_MAX_NUM_TOKENS, ge=1, description="prefill tokens per scheduler step"
     )
+
+
+class ServingLimits(Limits):
+    """A deployment's limits: the engine's, plus the queue. The portable runtime enforces all of
+    them per request."""
+
     max_queue_size: int = Field(
         vocab.DEFAULT_MAX_QUEUE_SIZE,
         ge=1,
@@ -41,7 +49,7 @@ class RuntimeLimits(StrictModel):
     )
 
     @model_validator(mode="after")
-    def _consistent(self) -> RuntimeLimits:
+    def _consistent(self) -> ServingLimits:
         if self.max_input_len >= self.max_seq_len:
             raise ValueError(
                 f"max_input_len ({self.max_input_len}) must be below max_seq_len "
@@ -68,7 +76,7 @@ class RepoSpec(StrictModel):
         description="decoupled tensorrt_llm_bls: it streams (upstream's decoupled_mode); false "
         "keeps it the plain /infer front",
     )
-    limits: RuntimeLimits = RuntimeLimits()
+    limits: ServingLimits = ServingLimits()
     end_id: int = Field(description="generation stops at this token (tokenizer eos)")
     pad_id: int
     stop_token_ids: list[int] = Field(

@@ -13,7 +13,7 @@ import random
 from pathlib import Path
 
 from trtbuild._atomic import atomic_dir
-from trtbuild.specs import RepoSpec, RuntimeLimits
+from trtbuild.specs import RepoSpec, ServingLimits
 
 BOS, EOS, PAD, UNK, EOT = "<s>", "</s>", "<pad>", "<unk>", "<|eot|>"
 SPECIAL_TOKENS = [UNK, BOS, EOS, PAD, EOT]  # ids 0..4
@@ -160,7 +160,7 @@ def repo_spec(
     engine_dir: Path,
     *,
     extra_end_ids: tuple[int, ...] = (),
-    limits: RuntimeLimits | None = None,
+    limits: ServingLimits | None = None,
     num_threads: int = 1,
 ) -> RepoSpec:
     """The portable-runtime repository spec for an engine made from the tiny model.
@@ -176,5 +176,5 @@ def repo_spec(
         pad_id=PAD_ID,
         stop_token_ids=[EOT_ID, *extra_end_ids],
         num_threads=num_threads,
-        limits=limits or RuntimeLimits(),
+        limits=limits or ServingLimits(),
     )

@@ -11,10 +11,11 @@ import pytest
 from tests.builder.test_builder_manifest import manifest
 from trtbuild.builder import cache
 from trtbuild.builder.manifest import MANIFEST, SourceRecord, write_manifest
-from trtbuild.builder.settings import BuildSettings, EngineLimits
+from trtbuild.builder.settings import BuildSettings
 from trtbuild.errors import OutputExists, SpecError
+from trtbuild.specs import Limits
 
-LIMITS = EngineLimits(max_batch_size=8, max_input_len=256, max_seq_len=512, max_num_tokens=512)
+LIMITS = Limits(max_batch_size=8, max_input_len=256, max_seq_len=512, max_num_tokens=512)
 SETTINGS = BuildSettings(runtime="tensorrtllm", dtype="bfloat16", limits=LIMITS)
 
 

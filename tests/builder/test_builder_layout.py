@@ -8,11 +8,12 @@ from pathlib import Path
 import pytest
 
 from trtbuild.builder.layout import verify_checkpoint, verify_engine
-from trtbuild.builder.settings import BuildSettings, EngineLimits
+from trtbuild.builder.settings import BuildSettings
 from trtbuild.errors import RuntimeFailure
 from trtbuild.files.trtllm import missing_ranks
+from trtbuild.specs import Limits
 
-LIMITS = EngineLimits(max_batch_size=8, max_input_len=4096, max_seq_len=2048, max_num_tokens=512)
+LIMITS = Limits(max_batch_size=8, max_input_len=4096, max_seq_len=2048, max_num_tokens=512)
 
 
 def settings(**changes: object) -> BuildSettings:

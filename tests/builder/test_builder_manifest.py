@@ -12,18 +12,19 @@ from trtbuild.builder.manifest import (
     GpuRecord,
     Manifest,
     QuantRecord,
-    RuntimeInfo,
+    ServingHost,
     SoftwareRecord,
     SourceRecord,
     check_compatible,
     read_manifest,
     write_manifest,
 )
-from trtbuild.builder.settings import BuildSettings, EngineLimits
+from trtbuild.builder.settings import BuildSettings
 from trtbuild.errors import IncompatibleArtifact, SpecError
+from trtbuild.specs import Limits
 
-LIMITS = EngineLimits(max_batch_size=8, max_input_len=256, max_seq_len=512, max_num_tokens=512)
-H100 = RuntimeInfo(
+LIMITS = Limits(max_batch_size=8, max_input_len=256, max_seq_len=512, max_num_tokens=512)
+H100 = ServingHost(
     sm=90, gpu_name="h100-sxm", trtllm_version="1.2.1", tensorrt_version="10.14.1.48"
 )
 
@@ -55,7 +56,7 @@ def test_same_gpu_and_versions_pass() -> None:
 
 
 def test_other_sm_is_refused_naming_both() -> None:
-    l40s = RuntimeInfo(sm=89, gpu_name="l40s", trtllm_version="1.2.1")
+    l40s = ServingHost(sm=89, gpu_name="l40s", trtllm_version="1.2.1")
     with pytest.raises(IncompatibleArtifact) as exc:
         check_compatible(manifest(), l40s, where=Path("/e"))
     assert exc.value.exit_code == 2
@@ -66,7 +67,7 @@ def test_other_sm_is_refused_naming_both() -> None:
 
 
 def test_other_versions_are_refused_and_force_returns_them() -> None:
-    runtime = RuntimeInfo(sm=90, trtllm_version="1.2.0", tensorrt_version="10.13.3.9")
+    runtime = ServingHost(sm=90, trtllm_version="1.2.0", tensorrt_version="10.13.3.9")
     with pytest.raises(
         IncompatibleArtifact,
         match=(
@@ -82,12 +83,12 @@ def test_other_versions_are_refused_and_force_returns_them() -> None:
 
 
 def test_unknown_runtime_facts_are_not_checked() -> None:
-    assert check_compatible(manifest(), RuntimeInfo()) == []
+    assert check_compatible(manifest(), ServingHost()) == []
 
 
 def test_portable_engines_run_anywhere() -> None:
     assert (
-        check_compatible(manifest("torch", gpu=None), RuntimeInfo(sm=75, trtllm_version="0.9"))
+        check_compatible(manifest("torch", gpu=None), ServingHost(sm=75, trtllm_version="0.9"))
         == []
     )
 
@@ -96,14 +97,14 @@ def test_llmapi_checks_quantization_against_the_gpu() -> None:
     fp8 = manifest(
         "llmapi", quantization=QuantRecord(weights="FP8", quant_algo="FP8", prequantized=True)
     )
-    assert check_compatible(fp8, RuntimeInfo(sm=89, trtllm_version="1.0.0")) == []  # no SM lock
+    assert check_compatible(fp8, ServingHost(sm=89, trtllm_version="1.0.0")) == []  # no SM lock
     with pytest.raises(
         IncompatibleArtifact,
         match=r"^the engine: needs SM >= 89 for FP8 weights but this GPU is a100-80gb \(SM 80\)",
     ):
-        check_compatible(fp8, RuntimeInfo(sm=80, gpu_name="a100-80gb"))
+        check_compatible(fp8, ServingHost(sm=80, gpu_name="a100-80gb"))
     nvfp4 = manifest("llmapi", quantization=QuantRecord(quant_algo="NVFP4"))
-    assert check_compatible(nvfp4, RuntimeInfo(sm=90), force=True) == [
+    assert check_compatible(nvfp4, ServingHost(sm=90), force=True) == [
         "needs SM >= 100 for NVFP4 weights but this GPU is SM 90"
     ]
 
@@ -135,7 +136,7 @@ def test_check_engine_dir_is_the_one_call_for_serve_and_repo(
 
     write_manifest(tmp_path, manifest())
     assert mod.check_engine_dir(tmp_path, runtime=H100) == (manifest(), [])
-    monkeypatch.setattr(mod, "detect_runtime", lambda: RuntimeInfo(sm=80, gpu_name="a100-80gb"))
+    monkeypatch.setattr(mod, "detect_host", lambda: ServingHost(sm=80, gpu_name="a100-80gb"))
     with pytest.raises(
         IncompatibleArtifact,
         match=rf"^engine {tmp_path}: built for h100-sxm \(SM 90\) but this GPU is a100-80gb \(SM 80\)\.",

@@ -14,7 +14,7 @@ import pytest
 
 from trtbuild.builder import _trtllm
 from trtbuild.builder.engine import build_engine, detect_env
-from trtbuild.builder.manifest import check_compatible, detect_runtime, read_manifest
+from trtbuild.builder.manifest import check_compatible, detect_host, read_manifest
 from trtbuild.specs import EngineSpec
 
 pytestmark = [
@@ -62,7 +62,7 @@ def test_tiny_engine_builds_runs_and_is_cached(tiny_model: Path, tmp_path: Path)
     assert (out / "rank0.engine").stat().st_size > 0 and (
         out / "tokenizer" / "tokenizer.json"
     ).is_file()
-    assert check_compatible(m, detect_runtime()) == []
+    assert check_compatible(m, detect_host()) == []
     tokens = _generate(out, [1, 50, 60, 70], 8)
     assert len(tokens) == 8 and all(0 <= t < 2048 for t in tokens)
 

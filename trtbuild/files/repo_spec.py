@@ -43,12 +43,15 @@ def read_repo_spec(repo_or_file: Path) -> RepoSpec:
         ) from exc
 
 
+def repo_spec_text(spec: RepoSpec, kind: str) -> str:
+    """The file's text (also shipped whole, e.g. in a Kubernetes ConfigMap)."""
+    return json.dumps({"kind": kind, "spec": spec.model_dump(mode="json")}, indent=2) + "\n"
+
+
 def write_repo_spec(directory: Path, spec: RepoSpec, kind: str) -> Path:
     path = Path(directory) / SPEC_FILE
-    path.write_text(
-        json.dumps({"kind": kind, "spec": spec.model_dump(mode="json")}, indent=2) + "\n"
-    )
+    path.write_text(repo_spec_text(spec, kind))
     return path
 
 
-__all__ = ["SPEC_FILE", "read_repo_spec", "spec_path", "write_repo_spec"]
+__all__ = ["SPEC_FILE", "read_repo_spec", "repo_spec_text", "spec_path", "write_repo_spec"]

@@ -181,7 +181,7 @@ def render_repository(spec: RepoSpec, out_dir: Path, *, force: bool = False) -> 
 
 def preflight(repo: Path, *, force: bool = False, runtime: Any = None) -> list[str]:
     """Before serving: every config parses, and the engine the repository serves suits this
-    machine's GPU and TensorRT-LLM (``runtime``: a ``builder.manifest.RuntimeInfo``, detected when
+    machine's GPU and TensorRT-LLM (``runtime``: a ``builder.manifest.ServingHost``, detected when
     None). A mismatch raises ``IncompatibleArtifact`` unless ``force``; then it is returned."""
 
     repo = Path(repo)

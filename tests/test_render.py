@@ -10,7 +10,7 @@ import pytest
 from google.protobuf import text_format
 
 from trtbuild.errors import OutputExists
-from trtbuild.repository import (
+from trtbuild.render import (
     SPEC_FILE,
     TemplateRenderError,
     jinja_env,

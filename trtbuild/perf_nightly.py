@@ -44,7 +44,10 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 
 from trtbuild._perf_history import DEFAULT_THRESHOLDS_PERCENT, METRICS, Comparison, History
 from trtbuild.errors import RuntimeFailure, SpecError, TrtbuildError, first_error
-from trtbuild.specs import PerfNightlySpec, PerfSla, PerfSpec, StrictModel
+from trtbuild.perf import PartialRun, run_perf
+from trtbuild.repo import make_repository
+from trtbuild.server import TritonServer
+from trtbuild.specs import PerfNightlySpec, PerfSla, PerfSpec, RepoOptions, ServeSpec, StrictModel
 
 DB_ENV = "TRTBUILD_PERF_DB"
 
@@ -173,13 +176,9 @@ def _entry_server(
     if entry.url is not None:
         yield entry.url, None, None
         return
-    from trtbuild.server import TritonServer
-    from trtbuild.specs import RepoOptions, ServeSpec
 
     repo = entry.repo
     if repo is None:
-        from trtbuild.repo import make_repository
-
         assert entry.engine is not None
         repo = make_repository(RepoOptions(engine_dir=entry.engine, out=work / "repository")).path
     serve = ServeSpec(repo=repo, http_port=0, grpc_port=0, metrics_port=0, shutdown_grace=5)
@@ -250,7 +249,6 @@ def _run_entry(
     out: TextIO,
 ) -> set[str]:
     """Every input x output combination of one entry, against one server; the series measured."""
-    from trtbuild.perf import PartialRun, run_perf
 
     touched: set[str] = set()
     with (
