@@ -92,7 +92,10 @@ class Stream:
         request_id: str = "",
         outputs: list[str] | None = None,
         batched: bool = False,
+        send: bool = True,
     ) -> None:
+        """``send=False``: connect now, send with ``send()`` (a burst without connection set-up
+        between its requests)."""
         self.responses: list[dict[str, Any]] = []
         self.errors: list[str] = []
         self.finals = 0
@@ -102,6 +105,12 @@ class Stream:
         self.client = grpcclient.InferenceServerClient(url)
         self.client.start_stream(callback=self._on)
         wanted = [grpcclient.InferRequestedOutput(n) for n in outputs] if outputs else None
+        self._request = (model, inputs, request_id, wanted)
+        if send:
+            self.send()
+
+    def send(self) -> None:
+        model, inputs, request_id, wanted = self._request
         self.client.async_stream_infer(
             model,
             inputs,

@@ -711,9 +711,12 @@ def test_a_burst_fills_the_slots_and_the_queue_then_requests_are_refused_as_busy
             "tensorrt_llm",
             core([1, 5, 6 + i], 480, end_id=-1, streaming=True),
             request_id=f"burst-{i}",
+            send=False,
         )
         for i in range(24)
     ]
+    for holder in holders:  # all connected first: the burst arrives within milliseconds
+        holder.send()
     deadline = time.monotonic() + 30
     while (_active(served), _waiting(served)) != (16, 8) and time.monotonic() < deadline:
         time.sleep(0.02)
