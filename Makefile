@@ -17,6 +17,10 @@ $(STAMP): pyproject.toml requirements.lock
 	@if ! ldconfig -p | grep -q libb64.so.0d; then \
 	  if [ "$$(id -u)" = 0 ]; then (apt-get update -qq && apt-get install -y -qq libb64-0d) >/dev/null; \
 	  else echo "note: install libb64-0d (Debian) for perf_analyzer" >&2; fi; fi
+	@# mpirun (Open MPI) launches the portable runtime's rank groups (trtbuild engine --tp N)
+	@if ! command -v mpirun >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ]; then (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openmpi-bin) >/dev/null; \
+	  else echo "note: install openmpi-bin (Debian) to serve portable engines split with --tp" >&2; fi; fi
 	touch $@
 
 demo: setup

@@ -56,6 +56,7 @@ class CheckpointFacts:
     has_tokenizer: bool = False
     weights: tuple[str, ...] = field(default_factory=tuple)
     num_experts: int = 0
+    intermediate_size: int = 0  # the MLP's width (0: unknown)
 
     @property
     def max_context(self) -> int | None:
@@ -106,6 +107,7 @@ def read_checkpoint(checkpoint: Path) -> CheckpointFacts:
         has_tokenizer=has_fast_tokenizer(checkpoint) or (checkpoint / "tokenizer.model").is_file(),
         weights=weights,
         num_experts=model.num_experts,
+        intermediate_size=model.intermediate_size,
     )
 
 

@@ -310,11 +310,14 @@ class _Run:
             return self._result(cache.restore(key, spec.out, force=spec.force), cache_hit=True)
         with atomic_dir(spec.out, force=spec.force) as tmp:
             tick = time.monotonic()
-            write_portable(source.path, tmp, settings.dtype)
+            write_portable(source.path, tmp, settings.dtype, tp=settings.tp)
             manifest = Manifest(
                 runtime="torch",
                 created=_now(),
                 software=portable_software(),
+                parallel=ParallelRecord(
+                    tp=settings.tp, pp=settings.pp, world_size=settings.world_size
+                ),
                 dtype=settings.dtype,
                 limits=settings.limits,
                 source=_source_record(source),

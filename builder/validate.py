@@ -8,6 +8,7 @@ and on SM 100-119 ``trtllm-build`` refuses INT8/INT4 weights, SmoothQuant and an
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -16,7 +17,7 @@ from trtbuild.builder.checkpoint import CheckpointFacts
 from trtbuild.builder.settings import BuildSettings
 from trtbuild.errors import SpecError
 from trtbuild.gpus import DetectedGpu, get_gpu
-from trtbuild.vocab import SM_BF16, SM_FP8, SM_NO_INT8_WEIGHTS, SM_NVFP4
+from trtbuild.vocab import SLOT_MODEL_TYPES, SM_BF16, SM_FP8, SM_NO_INT8_WEIGHTS, SM_NVFP4
 
 
 @dataclass(frozen=True)
@@ -88,11 +89,13 @@ def validate(settings: BuildSettings, facts: CheckpointFacts, target: Target | N
 def _check_runtime(s: BuildSettings, facts: CheckpointFacts) -> None:
     pre = facts.prequant
     if s.runtime == "torch":
-        if s.world_size > 1:
+        if s.pp > 1:
             raise SpecError(
-                "the portable runtime (--runtime torch) runs on one device; drop --tp/--pp or use "
-                "--runtime tensorrtllm"
+                "the portable runtime (--runtime torch) has no pipeline parallelism; drop --pp "
+                "(--tp splits the model across processes) or use --runtime tensorrtllm"
             )
+        if s.tp > 1:
+            _check_portable_tp(s, facts)
         if s.quant or s.kv_cache_dtype:
             raise SpecError(
                 "the portable runtime (--runtime torch) does not quantize; drop --quant/"
@@ -122,6 +125,29 @@ def _check_runtime(s: BuildSettings, facts: CheckpointFacts) -> None:
         raise SpecError("quantized engines need a 16-bit --dtype; use --dtype bfloat16 or float16")
 
 
+def _check_portable_tp(s: BuildSettings, facts: CheckpointFacts) -> None:
+    """The portable runtime splits heads and the MLP evenly (``trtbuild.runtime.parallel``), for
+    the models its slot KV cache serves."""
+    if facts.model_type not in SLOT_MODEL_TYPES:
+        raise SpecError(
+            f"--tp {s.tp} with --runtime torch splits Llama-family models "
+            f"({', '.join(sorted(SLOT_MODEL_TYPES))}), not {facts.model_type!r}; drop --tp"
+        )
+    sizes = {
+        "num_attention_heads": facts.num_attention_heads,
+        "num_key_value_heads": facts.num_key_value_heads,
+        "intermediate_size": facts.intermediate_size,
+    }
+    bad = [f"{key} {value}" for key, value in sizes.items() if value % s.tp]
+    if bad:
+        common = math.gcd(*sizes.values())
+        fits = [str(d) for d in range(1, common + 1) if common % d == 0]
+        raise SpecError(
+            f"--tp {s.tp} does not divide the model's {', '.join(bad)}; use --tp "
+            f"{' or '.join(fits)}"
+        )
+
+
 def _check_parallel(s: BuildSettings, facts: CheckpointFacts, target: Target | None) -> None:
     heads, kv = facts.num_attention_heads, facts.num_key_value_heads
     if heads % s.tp:
@@ -138,7 +164,8 @@ def _check_parallel(s: BuildSettings, facts: CheckpointFacts, target: Target | N
         raise SpecError(
             f"--pp {s.pp} exceeds the model's {facts.num_hidden_layers} layers; lower --pp"
         )
-    if target is not None and target.count is not None and s.world_size > target.count:
+    on_gpus = s.runtime != "torch"  # the portable runtime's ranks may run on CPU
+    if on_gpus and target is not None and target.count is not None and s.world_size > target.count:
         raise SpecError(
             f"TP x PP = {s.world_size} needs {s.world_size} GPUs but {target.count} {target.name} "
             f"{'is' if target.count == 1 else 'are'} visible here; lower --tp/--pp or build on a "

@@ -79,7 +79,7 @@ def view_from_spec(spec: RepoSpec) -> RepoView:
         tp=spec.tp,
         pp=spec.pp,
         gpu_device_ids=tuple(tuple(g) for g in spec.gpu_device_ids),
-        core_instances=max(1, len(spec.gpu_device_ids)),
+        core_instances=max(1, len(spec.gpu_device_ids) or spec.instances),
         max_batch_size=spec.limits.max_batch_size,
         max_input_len=spec.limits.max_input_len,
         max_seq_len=spec.limits.max_seq_len,
@@ -128,8 +128,15 @@ def _parallel(view: RepoView) -> Iterator[Finding]:
             f"set tp={e.tp} pp={e.pp}, or rebuild with "
             f"'trtbuild engine --tp {view.tp} --pp {view.pp}'",
         )
-    if view.runtime == "torch" and world is not None and world > 1:
-        yield Finding(view.model, "the portable runtime runs on one device", "set tp and pp to 1")
+    if view.runtime == "torch" and (view.pp or 1) > 1:
+        yield Finding(view.model, "the portable runtime has no pipeline parallelism", "set pp to 1")
+    if view.runtime == "torch" and (view.tp or 1) > 1 and (view.core_instances or 1) > 1:
+        yield Finding(
+            view.model,
+            f"a portable engine split {view.tp} ways is one rank group: it serves as one "
+            f"instance, not {view.core_instances}",
+            "render it with --instances 1 (replicas: one repository per rank group)",
+        )
     groups = view.gpu_device_ids
     if groups and view.core_instances is not None and view.core_instances != len(groups):
         yield Finding(

@@ -175,7 +175,11 @@ def models(spec: RepoSpec) -> dict[str, tuple[str, dict[str, Path | None]]]:
         "1/_trtbuild_requests.py": _runtime_file("requests.py"),
     }
     core_extra: dict[str, Path | None] = (
-        {**checked, "1/_trtbuild_engine.py": _runtime_file("engine.py")}
+        {
+            **checked,
+            "1/_trtbuild_engine.py": _runtime_file("engine.py"),
+            "1/_trtbuild_parallel.py": _runtime_file("parallel.py"),
+        }
         if spec.runtime == "torch"
         else {"1/model.py": None}  # TensorRT-LLM's C++ backend: no Python in the core model
     )

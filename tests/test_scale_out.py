@@ -175,7 +175,7 @@ def test_two_cpu_instances_both_serve(portable_engine: Path, tmp_path: Path) -> 
 
 
 # -- the launch commands at world sizes 1, 2, 4, 8 --------------------------------------------------
-def _repo(tmp: Path, case: str) -> Path:
+def _repo(tmp: Path, case: str, tiny: Path | None = None) -> Path:
     tok = write_llama3_tokenizer(tmp / "tok")
     info = ServingHost()
     flavor, _, layout = case.partition("-")
@@ -186,6 +186,14 @@ def _repo(tmp: Path, case: str) -> Path:
         spec = build_repo_spec(ckpt, runtime="llmapi", host=info).spec
         tp = int(layout.removeprefix("tp"))
         return render_repository(spec.model_copy(update={"tp": tp}), tmp / "repo")
+    if flavor == "torch":  # the portable runtime split across processes (a real sharded engine)
+        from trtbuild.builder.engine import build_engine
+        from trtbuild.specs import EngineSpec
+
+        tp = int(layout.removeprefix("tp"))
+        spec = EngineSpec(checkpoint=tiny, out=tmp / "engine", runtime="torch", tp=tp)
+        engine = build_engine(spec).out_dir
+        return make_repository(RepoOptions(engine_dir=engine, out=tmp / "repo"), host=info).path
     match = re.fullmatch(r"(?:(\d+)x-)?tp(\d+)(?:-pp(\d+))?", layout)
     assert match, case
     instances, tp, pp = int(match[1] or 1), int(match[2]), int(match[3] or 1)
@@ -201,6 +209,7 @@ LAUNCH_CASES = {
     "ws2-tensorrtllm-tp2": (),
     "ws2-tensorrtllm-tp1-pp2": (),
     "ws2-llmapi-tp2": (),
+    "ws2-torch-tp2": (),  # the portable runtime's rank group: rendezvous env, no ports on rank 1
     # world size 4
     "ws4-tensorrtllm-tp4": (),
     "ws4-tensorrtllm-tp2-pp2": (),
@@ -216,12 +225,16 @@ LAUNCH_CASES = {
 
 
 @pytest.mark.parametrize("case", sorted(LAUNCH_CASES))
-def test_golden_launch_argv(case: str, tmp_path: Path, update_golden: bool) -> None:
+def test_golden_launch_argv(
+    case: str, tmp_path: Path, update_golden: bool, request: pytest.FixtureRequest
+) -> None:
     flavor_layout = case.split("-", 1)[1].removesuffix("-2nodes")
-    launch = repo_launch(_repo(tmp_path, flavor_layout))
+    tiny = request.getfixturevalue("tiny_model") if "torch" in case else None
+    launch = repo_launch(_repo(tmp_path, flavor_layout, tiny))
     world = int(case.split("-", 1)[0].removeprefix("ws"))
     assert (len(launch.gpus) if launch.mode == "orchestrator" else launch.world_size) == world
-    argv, env = launch_argv(SERVE, INSTALL, launch, mpirun_args=LAUNCH_CASES[case])
+    serve = SERVE.model_copy(update={"rendezvous_port": 29517})
+    argv, env = launch_argv(serve, INSTALL, launch, mpirun_args=LAUNCH_CASES[case])
     text = "".join(f"{k}={v}\n" for k, v in sorted(env.items())) + "\n".join(argv) + "\n"
     path = GOLDEN / f"{case}.txt"
     if update_golden:

@@ -130,7 +130,7 @@ def plan_layout(
     instances = len(groups) or repo.instances
     if repo.runtime == "torch":
         on_gpu = bool(groups) or repo.device != "cpu"
-        gpus_needed = len(groups) if groups else (1 if on_gpu else 0)
+        gpus_needed = len(groups) if groups else (world if on_gpu else 0)  # a rank per GPU
     else:
         gpus_needed = world * instances
     gpus_per_node = plan.gpus_per_node if plan is not None else max(gpus_needed, 1)

@@ -3,11 +3,13 @@
 A job of ``--nodes`` nodes holds ``nodes / nodes_per_replica`` replicas; each replica is one
 ``srun`` step over its own nodes (``--relative``), in the serving image through pyxis/enroot
 (``--container-image``), with the storage root mounted at the same path. TP x PP > 1 (TensorRT-LLM's
-leader mode) runs one tritonserver per Slurm task, ``--mpi=pmix`` giving them their MPI world, as
-TensorRT-LLM's own Slurm example does: task 0 loads every model and serves, the others load only
+leader mode, and the portable runtime's rank group) runs one tritonserver per Slurm task,
+``--mpi=pmix`` giving them their MPI world, as TensorRT-LLM's own Slurm example does: task 0 loads every model and serves, the others load only
 ``tensorrt_llm``, each with its own Python-backend shared-memory prefix. Orchestrator and llmapi
-modes run their single tritonserver under ``mpirun -n 1`` in one task. Every argument is quoted
-with ``shlex``; only ``$SLURM_PROCID`` is left for the shell.
+modes run their single tritonserver under ``mpirun -n 1`` in one task. The portable runtime's
+ranks read their rank from Slurm's environment and meet at their replica's first node
+(``TRTBUILD_TP_ADDR``, ``TRTBUILD_TP_PORT``). Every argument is quoted with ``shlex``; only
+``$SLURM_PROCID`` is left for the shell.
 """
 
 from __future__ import annotations
@@ -18,8 +20,9 @@ from pathlib import Path
 
 from trtbuild._deploy_layout import EXIT_TIMEOUT_S, PORTS, TRITONSERVER, Layout, serve_command
 from trtbuild.errors import SpecError
-from trtbuild.server import RepoLaunch, TritonInstall, repo_launch, server_argv
+from trtbuild.server import RepoLaunch, TritonInstall, rank_argv, repo_launch
 from trtbuild.specs import DeploySpec, RepoSpec, ServeSpec
+from trtbuild.vocab import TP_ADDR_ENV, TP_PORT_ENV, TP_SLURM_PORT
 
 
 def _rank_script(repo_dir: Path) -> tuple[str, dict[str, str], int]:
@@ -36,13 +39,13 @@ def _rank_script(repo_dir: Path) -> tuple[str, dict[str, str], int]:
         latency_histograms=True,
     )
     install = TritonInstall(TRITONSERVER, None, {})
-    leader = shlex.join(server_argv(serve, install))
-    worker = shlex.join(
-        server_argv(serve.model_copy(update={"load_models": [launch.core_model]}), install)
-    )
+    leader = shlex.join(rank_argv(serve, install, launch, 0))
+    worker = shlex.join(rank_argv(serve, install, launch, 1))
     shm = '"--backend-config=python,shm-region-prefix-name=prefix${SLURM_PROCID}_"'
     script = f'if [ "$SLURM_PROCID" -eq 0 ]; then exec {leader} {shm}; else exec {worker} {shm}; fi'
-    return script, {}, launch.world_size
+    # the portable runtime's ranks meet at their replica's first node (set per replica below)
+    env = {TP_PORT_ENV: str(TP_SLURM_PORT)} if launch.portable else {}
+    return script, env, launch.world_size
 
 
 def sbatch_script(
@@ -90,12 +93,16 @@ def sbatch_script(
     ]
     for key, value in sorted(env.items()):
         lines.append(f"export {key}={shlex.quote(value)}")
+    first = f"${{HOSTS[$((replica * {per_replica_nodes}))]}}"
     lines += [
         "",
         'mapfile -t HOSTS < <(scontrol show hostnames "$SLURM_JOB_NODELIST")',
         f"for replica in $(seq 0 {replicas - 1}); do",
-        f'  echo "replica $replica: http://${{HOSTS[$((replica * {per_replica_nodes}))]}}:'
-        f'{PORTS["http"]}"',
+        f'  echo "replica $replica: http://{first}:{PORTS["http"]}"',
+    ]
+    if TP_PORT_ENV in env:  # the portable runtime's rendezvous: rank 0, on the replica's first node
+        lines.append(f'  export {TP_ADDR_ENV}="{first}"')
+    lines += [
         f"  srun --nodes={per_replica_nodes} --ntasks={tasks} "
         f"--ntasks-per-node={tasks_per_node} --relative=$((replica * {per_replica_nodes})) "
         '--mpi=pmix --container-image="$IMAGE" --container-mounts="$MOUNTS" '

@@ -185,14 +185,38 @@ def stop_group(proc: subprocess.Popen[bytes], grace: float = 15.0) -> Stopped:
             killed = True
             _signal_group(proc, signal.SIGKILL)
             proc.wait(timeout=10)
-    # children that outlived the leader (python-backend stubs) share the group: reap them too
+    # children that outlived the leader (python-backend stubs) share the group: reap them too;
+    # and the session: Open MPI starts each rank in a process group of its own (the session,
+    # which spawn gave the child, holds every rank and its stubs)
     _signal_group(proc, signal.SIGKILL)
+    signal_session(proc.pid, signal.SIGKILL)
     return Stopped(proc.returncode, exited_before=exited_before, killed=killed)
 
 
 def _signal_group(proc: subprocess.Popen[bytes], sig: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, sig)
+
+
+def signal_session(sid: int, sig: int) -> None:
+    """Send ``sig`` to every process of session ``sid`` (``spawn`` starts one per child)."""
+    for pid in _session_pids(sid):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, sig)
+
+
+def _session_pids(sid: int) -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[-1].split()
+        except OSError:
+            continue
+        if len(fields) > 3 and int(fields[3]) == sid and int(entry.name) != os.getpid():
+            pids.append(int(entry.name))  # field 6 is the session id
+    return pids
 
 
 # -- a group that dies with us --------------------------------------------------------------------
@@ -228,11 +252,27 @@ def send(sig):
     except (ProcessLookupError, PermissionError):
         return False
 
+def session():  # the group leader's session: MPI ranks run in process groups of their own
+    pids = []
+    for name in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{name}/stat") as f:
+                if name.isdigit() and int(f.read().rsplit(")", 1)[-1].split()[3]) == pgid:
+                    pids.append(int(name))
+        except (OSError, ValueError, IndexError):
+            pass
+    return pids
+
 if send(signal.SIGTERM):
     deadline = time.monotonic() + grace
     while time.monotonic() < deadline and send(0):
         time.sleep(0.1)
     send(signal.SIGKILL)
+for pid in session():
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
 """
 
 

@@ -18,6 +18,7 @@ import errno
 import ipaddress
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -48,6 +49,7 @@ from trtbuild.files.repo_spec import SPEC_FILE, read_repo_spec
 from trtbuild.files.trtllm import read_engine_config
 from trtbuild.render import preflight
 from trtbuild.specs import ServeSpec
+from trtbuild.vocab import TP_ADDR_ENV, TP_PORT_ENV
 
 LOG_TAIL = 50
 WATCH_INTERVAL_S = 0.5  # how often the model watcher looks at the stubs
@@ -250,8 +252,9 @@ def server_argv(spec: ServeSpec, install: TritonInstall) -> list[str]:
 class RepoLaunch:
     """How a repository must be launched: what TensorRT-LLM's ``launch_triton_server.py`` does.
 
-    ``mode``: ``single`` (one tritonserver), ``leader`` (TensorRT-LLM C++ backend with TP x PP > 1:
-    ``mpirun`` with one tritonserver per rank; ranks above 0 load only the core model),
+    ``mode``: ``single`` (one tritonserver), ``leader`` (TensorRT-LLM C++ backend with TP x PP > 1,
+    or the portable runtime split across processes (``portable``): ``mpirun`` with one
+    tritonserver per rank; ranks above 0 load only the core model),
     ``orchestrator`` (C++ backend with several instances pinned by ``gpu_device_ids``: one
     tritonserver under ``mpirun -n 1``; the backend spawns the workers) or ``mpi`` (the llmapi
     model with TP x PP > 1: one tritonserver under ``mpirun -n 1``; the LLM API spawns its MPI
@@ -262,6 +265,7 @@ class RepoLaunch:
     world_size: int = 1
     core_model: str = "tensorrt_llm"
     gpus: tuple[int, ...] = ()
+    portable: bool = False  # the portable runtime's rank group (its own rendezvous, no ports > 0)
 
 
 def repo_launch(repo: Path) -> RepoLaunch:
@@ -286,6 +290,8 @@ def _repo_launch(repo: Path) -> RepoLaunch:
             return RepoLaunch("leader" if world > 1 else "single", world)
         if spec.runtime == "llmapi" and world > 1 and not spec.gpu_device_ids:
             return RepoLaunch("mpi", world)
+        if spec.runtime == "torch" and world > 1:
+            return RepoLaunch("leader", world, portable=True)
         return RepoLaunch("single", world, gpus=gpus)
 
     for name, config in load_configs(repo).items():
@@ -323,24 +329,45 @@ def launch_argv(
         return [mpirun, "--allow-run-as-root", *mpirun_args, "-n", "1", *argv], env
     # leader mode: one tritonserver per rank; only rank 0 loads the pre/post/ensemble/BLS models
     argv = [mpirun, "--allow-run-as-root", *mpirun_args]
-    workers = spec.model_copy(update={"load_models": [launch.core_model]})
+    env = {}
+    if launch.portable:  # Open MPI passes these to every rank (-x: also on other hosts)
+        env = {TP_ADDR_ENV: "127.0.0.1", TP_PORT_ENV: str(spec.rendezvous_port)}
+        argv += [part for name in env for part in ("-x", name)]
     for rank in range(launch.world_size):
         if rank:
             argv.append(":")
-        rank_argv = server_argv(spec if rank == 0 else workers, install)
-        argv += ["-n", "1", *rank_argv, shm.format(rank)]
-    return argv, {}
+        argv += ["-n", "1", *rank_argv(spec, install, launch, rank), shm.format(rank)]
+    return argv, env
+
+
+def rank_argv(spec: ServeSpec, install: TritonInstall, launch: RepoLaunch, rank: int) -> list[str]:
+    """One rank's tritonserver in leader mode. Ranks above 0 load only the core model (which
+    never finishes loading: it follows rank 0); the portable runtime's also open no endpoints,
+    so that no rank can take rank 0's ports."""
+    if rank == 0:
+        return server_argv(spec, install)
+    argv = server_argv(spec.model_copy(update={"load_models": [launch.core_model]}), install)
+    if launch.portable:
+        argv += ["--allow-http=false", "--allow-grpc=false", "--allow-metrics=false"]
+    return argv
 
 
 def _find_mpirun(launch: RepoLaunch) -> str:
-    found = shutil.which("mpirun")
-    if found is None:
+    """``mpirun``, by name as upstream's launch script runs it: Open MPI takes an absolute path
+    for ``--prefix``, which puts that prefix's ``bin`` first on the ranks' PATH, and the stubs
+    then run the system ``python3`` instead of the one trtbuild gives them."""
+    if shutil.which("mpirun") is None:
+        where = (
+            "install Open MPI (Debian: apt-get install openmpi-bin; make setup does it as root)"
+            if launch.portable
+            else "serve it inside nvcr.io/nvidia/tritonserver:<tag>-trtllm-python-py3, which has it"
+        )
         raise ToolNotFound(
             "mpirun",
             f"This repository needs MPI ({launch.mode} mode, world size {launch.world_size}): "
-            "serve it inside nvcr.io/nvidia/tritonserver:<tag>-trtllm-python-py3, which has it.",
+            f"{where}.",
         )
-    return found
+    return "mpirun"
 
 
 # -- watching the models ------------------------------------------------------------------------
@@ -353,6 +380,12 @@ class Stub:
     instance: str
     process: Any  # psutil.Process (remembers the start time: a reused pid is not this stub)
     shm_region: str = ""  # its shared-memory region (/dev/shm/<name>), which Triton removes
+
+    @property
+    def rank(self) -> int | None:
+        """The MPI rank of its tritonserver, from the region's ``prefix{rank}_`` (leader mode)."""
+        match = re.match(r"prefix(\d+)_", self.shm_region)
+        return int(match[1]) if match else None
 
 
 def find_stubs(root_pid: int) -> list[Stub]:
@@ -475,12 +508,15 @@ class TritonServer:
         self.quiet = quiet
         self.watch = watch
         self.launch = repo_launch(repo)
-        mpirun = "mpirun"
-        if self.launch.mode != "single":  # a dry run prints the command even without MPI here
-            mpirun = shutil.which("mpirun") or mpirun if spec.dry_run else _find_mpirun(self.launch)
-        self.argv, self.launch_env = launch_argv(
-            self.spec, self.install, self.launch, mpirun=mpirun
-        )
+        if self.launch.portable and self.spec.rendezvous_port == 0:
+            taken = {self.spec.http_port, self.spec.grpc_port, self.spec.metrics_port}
+            port = free_port()
+            while port in taken:
+                port = free_port()
+            self.spec = self.spec.model_copy(update={"rendezvous_port": port})
+        if self.launch.mode != "single" and not spec.dry_run:  # a dry run needs no MPI here
+            _find_mpirun(self.launch)
+        self.argv, self.launch_env = launch_argv(self.spec, self.install, self.launch)
         self._proc: proc.Popen[bytes] | None = None
         self._watchdog: proc.Watchdog | None = None
         self._log: IO[bytes] | None = None
@@ -626,8 +662,9 @@ class TritonServer:
             del self._stubs[pid]
             if self._proc.poll() is not None or self._unloaded_on_purpose(stub.model):
                 continue
+            rank = f" (rank {stub.rank})" if self.launch.mode == "leader" else ""
             return (
-                f"model {stub.model} died: its Python-backend stub (pid {pid}, instance "
+                f"model {stub.model}{rank} died: its Python-backend stub (pid {pid}, instance "
                 f"{stub.instance}) {_how_it_ended(code)}"
             )
         if time.monotonic() >= self._next_ready_poll:
@@ -826,8 +863,11 @@ def serve_forever(spec: ServeSpec) -> None:
                     _ignore_stop_signals()  # the stop that follows must not be interrupted
                     if server.failure is not None:
                         raise server.failure
+                    what = "tritonserver"
+                    if server.launch.mode != "single":
+                        what = f"mpirun (world size {server.launch.world_size}: a rank died)"
                     raise ServerNotReady(
-                        f"tritonserver ended unexpectedly "
+                        f"{what} ended unexpectedly "
                         f"({proc.describe_returncode(server.returncode)}); nothing asked it to "
                         f"stop (log: {server.log_path})",
                         details=server.log_tail(),

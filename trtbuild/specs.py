@@ -190,6 +190,13 @@ class ServeSpec(StrictModel):
         "(an idle keep-alive counts) and in-flight requests before it exits anyway",
     )
     force: bool = Field(False, description="serve an engine built for another GPU or version")
+    rendezvous_port: int = Field(
+        0,
+        ge=0,
+        le=65535,
+        description="the portable runtime's rank group (tensor parallelism): the loopback port "
+        "rank 0's torch.distributed rendezvous listens on; 0 picks a free one",
+    )
     load_models: list[str] | None = Field(
         None, description="load only these models (explicit model control); None: all"
     )

@@ -26,6 +26,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator
 
+from trtbuild.runtime import parallel as _parallel  # stdlib only at import
+
 DTYPES = ("bfloat16", "float16", "float32")
 DTYPE_ALIASES: Mapping[str, str] = {
     "bf16": "bfloat16",
@@ -125,6 +127,15 @@ TOKENIZER_FILES = (
 VOCABULARY_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
 
 
+# -- the portable runtime's rank groups (names the runtime, copied into repositories, defines) -----
+# the rendezvous environment trtbuild serve sets, the Slurm rendezvous port, the model types a
+# rank group splits
+TP_ADDR_ENV = _parallel.ADDR_ENV
+TP_PORT_ENV = _parallel.PORT_ENV
+TP_SLURM_PORT = _parallel.SLURM_PORT
+SLOT_MODEL_TYPES = _parallel.SLOT_MODEL_TYPES
+
+
 def accepted(kind: str, choices: tuple[str, ...]) -> list[str]:
     """Every spelling the CLI accepts for ``choices``: the names, then their aliases."""
     extra = [alias for alias, name in ALIASES[kind].items() if name in choices]
@@ -143,6 +154,10 @@ __all__ = [
     "SM_FP8",
     "SM_NO_INT8_WEIGHTS",
     "SM_NVFP4",
+    "SLOT_MODEL_TYPES",
+    "TP_ADDR_ENV",
+    "TP_PORT_ENV",
+    "TP_SLURM_PORT",
     "TOKENIZER_FILES",
     "VOCABULARY_FILES",
     "supports_bf16",

@@ -173,9 +173,9 @@ def test_failing_rank_exit_1_with_phase_rank_and_tail(
             "Error: invalid max_batch_size: Input should be greater than or equal to 1",
         ),
         (
-            ["--runtime", "torch", "--tp", "2"],
-            "Error: the portable runtime (--runtime torch) runs on "
-            "one device; drop --tp/--pp or use --runtime tensorrtllm",
+            ["--runtime", "torch", "--pp", "2"],
+            "Error: the portable runtime (--runtime torch) has no pipeline parallelism; drop "
+            "--pp (--tp splits the model across processes) or use --runtime tensorrtllm",
         ),
     ],
 )

@@ -145,9 +145,16 @@ def test_world_size_within_visible_gpus_when_building_here(llama_8b: Path) -> No
 
 def test_runtime_specific_rules(llama_8b: Path, write_checkpoint) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(
-        SpecError, match=r"^the portable runtime \(--runtime torch\) runs on one device"
+        SpecError, match=r"^the portable runtime \(--runtime torch\) has no pipeline parallelism"
     ):
-        check(llama_8b, runtime="torch", tp=2)
+        check(llama_8b, runtime="torch", pp=2)
+    with pytest.raises(
+        SpecError,
+        match=r"^--tp 16 does not divide the model's num_key_value_heads 8; use --tp 1 or 2 or "
+        r"4 or 8$",
+    ):
+        check(llama_8b, runtime="torch", tp=16)
+    assert check(llama_8b, runtime="torch", tp=8) == []  # split across processes
     with pytest.raises(
         SpecError, match=r"^the portable runtime \(--runtime torch\) does not quantize"
     ):

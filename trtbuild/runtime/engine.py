@@ -70,11 +70,14 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 if TYPE_CHECKING:
+    from trtbuild.runtime import parallel as _parallel
     from trtbuild.runtime import requests as _requests
 else:
     try:  # a rendered repository: copied next to this file by trtbuild repo
+        import _trtbuild_parallel as _parallel
         import _trtbuild_requests as _requests
     except ImportError:
+        from trtbuild.runtime import parallel as _parallel
         from trtbuild.runtime import requests as _requests
 
 FINISH_LENGTH = "length"
@@ -89,7 +92,7 @@ TOKENS_PER_BLOCK = 32
 
 # the slot layout serves these model types: full causal attention through transformers' attention
 # interface, a decoder (get_decoder) and an output embedding (get_output_embeddings) only
-SLOT_MODEL_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3"})
+SLOT_MODEL_TYPES = _parallel.SLOT_MODEL_TYPES
 SLOT_ATTENTION = "trtbuild_slots"  # the attention implementation registered with transformers
 PREFILL_ALIGN = 8  # a batched prefill's width is rounded up to this many tokens
 ACTIVATION_SLACK_BYTES = 512 * 2**20  # cuBLAS workspaces, CUDA-graph pool, allocator slack
@@ -246,11 +249,17 @@ class Engine:
         cuda_graphs: bool = True,
         compile_decode: bool = False,
         model: Any = None,
+        group: _parallel.RankGroup | None = None,
     ) -> None:
         """``kv_cache``: ``auto``, ``slots`` or ``dynamic`` (see the module docstring).
         ``compile_decode``: fuse the slot layout's decode step with ``torch.compile`` (dynamic
         shapes: one compilation for every bucket), compiled at ``warmup``.
-        ``model``: an already loaded causal LM to serve instead of loading ``model_dir``."""
+        ``model``: an already loaded causal LM to serve instead of loading ``model_dir``.
+        ``group``: this rank's tensor-parallel group (``model_dir`` is then this rank's shard):
+        rank 0 serves and broadcasts each step, the others run ``follow`` (see
+        ``_trtbuild_parallel``). A rank group needs the slot layout, and decodes without CUDA
+        graphs or ``torch.compile``; a forward pass that raises ends the group (the
+        one-request isolation of a failed forward holds for a single process only)."""
         if num_threads > 0:
             torch.set_num_threads(num_threads)
         if device == "auto":
@@ -267,6 +276,10 @@ class Engine:
                 model_dir, dtype=self.dtype, attn_implementation=attn_implementation
             )
         self.model = model.to(device=self.device, dtype=self.dtype).eval()
+        self._group = group if group is not None and group.world_size > 1 else None
+        if self._group is not None:
+            self._group.sum_outputs(self.model)
+            cuda_graphs = compile_decode = False
         self.vocab_size = int(self.model.config.vocab_size)
         max_pos = getattr(self.model.config, "max_position_embeddings", None)
         if max_pos and self.limits.max_seq_len > max_pos:
@@ -290,8 +303,10 @@ class Engine:
         self._last: torch.Tensor | None = None  # [rows] last sampled token
         # slot layout
         unsupported = _slots_unsupported(self.model, self.limits.max_seq_len)
-        if kv_cache == "slots" and unsupported:
+        if (kv_cache == "slots" or self._group is not None) and unsupported:
             raise ValueError(f"kv_cache=slots cannot serve this model: {unsupported}")
+        if self._group is not None and kv_cache == "dynamic":
+            raise ValueError("a tensor-parallel rank group needs kv_cache=slots (or auto)")
         self.kv_layout = "slots" if kv_cache != "dynamic" and not unsupported else "dynamic"
         self.slots: _SlotCache | None = None
         self._tok: list[int] = []  # [rows] last sampled token (slot layout)
@@ -309,6 +324,8 @@ class Engine:
             self.model.set_attn_implementation(attn_implementation)  # a model a slot engine had
         self.steps = 0
         self._thread = threading.Thread(target=self._loop, name="trtbuild-engine", daemon=True)
+        if self._group is not None:
+            self._group.barrier()  # every rank has loaded its shard and sized its cache
 
     # -- public API ---------------------------------------------------------------------------
     def start(self) -> Engine:
@@ -470,11 +487,15 @@ class Engine:
             while True:
                 with self._cv:
                     while not self._stop and not self._queue and not self._rows and not self._tasks:
-                        self._cv.wait()
+                        if not self._cv.wait(self._idle_wait) and self._group is not None:
+                            break  # idle for a heartbeat's time: tell the followers
                     if self._stop:
                         break
                     tasks, self._tasks = self._tasks, []
                     self._admitting = self._admit_locked()
+                if self._group is not None and not (tasks or self._admitting or self._rows):
+                    self._group.send(_parallel.OP_NOOP, [])
+                    continue
                 with torch.inference_mode():
                     for task in tasks:
                         task.run()
@@ -496,6 +517,48 @@ class Engine:
             self._die(f"{type(exc).__name__}: {exc}")
             return
         self._fail_everything("the server is shutting down")
+        if self._group is not None:
+            try:
+                self._group.send(_parallel.OP_STOP, [])
+            except Exception:  # noqa: BLE001 - a follower already gone stops anyway
+                log.warning("trtbuild portable runtime: the followers did not take the stop")
+
+    @property
+    def _idle_wait(self) -> float | None:
+        return _parallel.HEARTBEAT_S if self._group is not None else None
+
+    def follow(self) -> None:
+        """Ranks above 0: run every step rank 0 broadcasts on this shard until it says stop.
+        Raises when a collective fails or times out (rank 0 gone or stuck)."""
+        assert self._group is not None and not self._group.leader and self.slots is not None
+        with torch.inference_mode():
+            while True:
+                op, args = self._group.recv()
+                if op == _parallel.OP_STOP:
+                    return
+                if op == _parallel.OP_PREFILL:
+                    base, width, k = args[:3]
+                    lengths, prompts, at = args[3 : 3 + k], [], 3 + k
+                    for n in lengths:
+                        prompts.append(args[at : at + n])
+                        at += n
+                    self._prefill_hidden(base, width, prompts)
+                elif op == _parallel.OP_DECODE:
+                    n, batch, length = args[:3]
+                    tok, pos = args[3 : 3 + batch], args[3 + batch : 3 + 2 * batch]
+                    for i in range(batch):
+                        self.slots.touch(i, pos[i] + 1 if i < n else 1)
+                    self._ids[:batch].copy_(torch.tensor(tok, dtype=torch.long))
+                    self._positions[:batch].copy_(torch.tensor(pos, dtype=torch.long))
+                    self.slots.decoding = True
+                    try:
+                        self._decode_hidden(
+                            self._ids[:batch], self._positions[:batch], self._arange[:length]
+                        )
+                    finally:
+                        self.slots.decoding = False
+                elif op == _parallel.OP_MOVE:
+                    self.slots.move(args[0], args[1])
 
     def _die(self, reason: str) -> None:
         self.dead = reason
@@ -762,6 +825,8 @@ class Engine:
         elem = torch.empty((), dtype=self.dtype).element_size()
         self.kv_bytes_per_token = layers * 2 * kv_heads * head_dim * elem
         slots = self._kv_slots()
+        if self._group is not None:
+            slots = self._group.agree_min(slots)  # every rank's cache holds the same slots
         if slots < 1:
             raise ValueError(
                 f"the KV-cache budget holds no sequence of max_seq_len {lim.max_seq_len} "
@@ -857,6 +922,8 @@ class Engine:
         try:
             logits = self._prefill_forward(group)
         except Exception as exc:  # noqa: BLE001 - find the culprit, or fail the lone request
+            if self._group is not None:
+                raise  # the followers ran (part of) it: the ranks no longer agree
             if len(group) > 1:
                 for req in group:
                     self._prefill_group([req])
@@ -884,27 +951,40 @@ class Engine:
     def _prefill_forward(self, group: list[Request]) -> torch.Tensor:
         """Write ``group``'s prompts' KV into the free slots after the running rows; return the
         logits after each prompt's last token, ``[len(group), vocab]`` float32."""
-        assert self.slots is not None
         k, width = len(group), self._width(max(len(r.prompt) for r in group))
         base = self._prefill_base = len(self._rows)
+        prompts = [r.prompt for r in group]
+        if self._group is not None:
+            lengths = [len(p) for p in prompts]
+            self._group.send(
+                _parallel.OP_PREFILL, [base, width, k, *lengths, *(t for p in prompts for t in p)]
+            )
+        hidden = self._prefill_hidden(base, width, prompts)
+        last = torch.tensor([len(r.prompt) - 1 for r in group], device=self.device)
+        picked = hidden[torch.arange(k, device=self.device), last]
+        return self._lm_head(picked).float()
+
+    def _prefill_hidden(self, base: int, width: int, prompts: list[list[int]]) -> torch.Tensor:
+        """The decoder over ``prompts`` right-padded to ``width``, their KV written into slots
+        ``base..``: the last hidden states ``[len(prompts), width, hidden]``."""
+        assert self.slots is not None
+        k = len(prompts)
         for i in range(k):
             self.slots.claim(base + i, width)
         ids = torch.zeros((k, width), dtype=torch.long)
-        for i, req in enumerate(group):
-            ids[i, : len(req.prompt)] = torch.tensor(req.prompt, dtype=torch.long)
+        for i, prompt in enumerate(prompts):
+            ids[i, : len(prompt)] = torch.tensor(prompt, dtype=torch.long)
         ids = ids.to(self.device)
         positions = torch.arange(width, device=self.device).expand(k, width)
         self.slots.index = (self._slot_base[base : base + k, None] + positions).reshape(-1)
-        hidden = self._decoder(
+        hidden: torch.Tensor = self._decoder(
             input_ids=ids,
             position_ids=positions,
             attention_mask=None,
             past_key_values=self.slots,
             use_cache=True,
         ).last_hidden_state
-        last = torch.tensor([len(r.prompt) - 1 for r in group], device=self.device)
-        picked = hidden[torch.arange(k, device=self.device), last]
-        return self._lm_head(picked).float()
+        return hidden
 
     def _decode_step_slots(self) -> None:
         assert self.slots is not None
@@ -919,6 +999,8 @@ class Engine:
                 logits = self._out_logits[:n]
                 tokens, lps, errors = self._sample(logits, self._rows, (top, finite))
             except Exception as exc:  # noqa: BLE001 - retry the step without the newest row
+                if self._group is not None:
+                    raise  # the followers ran (part of) it: the ranks no longer agree
                 self._drop_newest(exc)
                 continue
             self._pos = [p + 1 for p in self._pos]
@@ -936,8 +1018,11 @@ class Engine:
         """One decode step for rows ``0..n-1`` in bucket (``batch``, ``length``): the argmax
         and finiteness per row (logits are left in ``_out_logits``)."""
         pad = batch - n
-        self._ids[:batch].copy_(torch.tensor(self._tok + [0] * pad, dtype=torch.long))
-        self._positions[:batch].copy_(torch.tensor(self._pos + [0] * pad, dtype=torch.long))
+        tok, pos = self._tok + [0] * pad, self._pos + [0] * pad
+        if self._group is not None:
+            self._group.send(_parallel.OP_DECODE, [n, batch, length, *tok, *pos])
+        self._ids[:batch].copy_(torch.tensor(tok, dtype=torch.long))
+        self._positions[:batch].copy_(torch.tensor(pos, dtype=torch.long))
         graph = self.graphs.get((batch, length))
         if graph is not None:
             graph.replay()
@@ -986,19 +1071,25 @@ class Engine:
     ) -> torch.Tensor:
         """Logits after one token per row at ``pos``, attending to positions ``window`` (0..L-1)
         that are <= the row's own (``torch.compile`` fuses this when ``compile_decode``)."""
+        return self._lm_head(self._decode_hidden(ids, pos, window)[:, -1]).float()
+
+    def _decode_hidden(
+        self, ids: torch.Tensor, pos: torch.Tensor, window: torch.Tensor
+    ) -> torch.Tensor:
+        """The decoder's last hidden states for one token per row (``_decode_forward``)."""
         assert self.slots is not None
         self.slots.index = self._slot_base[: pos.shape[0]] + pos  # row i is slot i
         visible = window.unsqueeze(0) <= pos.unsqueeze(1)
         mask = torch.zeros(visible.shape, dtype=self.dtype, device=pos.device)
         mask = mask.masked_fill(~visible, float("-inf"))[:, None, None, :]
-        hidden = self._decoder(
+        hidden: torch.Tensor = self._decoder(
             input_ids=ids.unsqueeze(1),
             position_ids=pos.unsqueeze(1),
             attention_mask=mask,
             past_key_values=self.slots,
             use_cache=True,
         ).last_hidden_state
-        return self._lm_head(hidden[:, -1]).float()
+        return hidden
 
     def _capture_all(self) -> None:
         """Capture every (batch, L) bucket's decode step, largest first (they share one pool)."""
@@ -1032,6 +1123,8 @@ class Engine:
 
     def _move_slot(self, src: int, dst: int) -> None:
         assert self.slots is not None
+        if self._group is not None:
+            self._group.send(_parallel.OP_MOVE, [src, dst])
         self.slots.move(src, dst)
 
     def _compact_slots(self) -> None:

@@ -6,8 +6,9 @@ perf metrics) and generates with torch on CPU or any CUDA GPU through ``_trtbuil
 (continuous batching). Every input is validated by ``_trtbuild_requests.parse_core`` (the same
 module preprocessing uses) before anything is queued.
 
-- ``execute`` only parses and enqueues; the engine thread decodes; a sender thread builds and
-  sends the responses, so Triton I/O never stalls the decode loop.
+- ``execute`` only parses and enqueues; the engine thread decodes; sender threads
+  (``sender_threads``, one request's responses always through the same one) build and send the
+  responses, so Triton I/O never stalls the decode loop.
 - Streaming responses carry the new tokens only, like TensorRT-LLM. When the ``output_text``
   output is requested by name (the portable ensemble and BLS do), each response also carries the
   incrementally detokenized text of those tokens, shaped like upstream postprocessing's OUTPUT:
@@ -51,10 +52,12 @@ from _trtbuild_engine import (  # noqa: E402
     Sampling,
     kv_blocks,
 )
+from _trtbuild_parallel import RANK_DIR, RankGroup, launched_rank  # noqa: E402
 from _trtbuild_requests import CoreLimits, InvalidInput, flag, parse_core  # noqa: E402
 
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
 CANCEL_POLL_S = 0.05
+SENDER_THREADS = 4  # default of the sender_threads parameter
 EXIT_FLUSH_S = 5.0  # after the engine thread died: time to deliver the error responses, then exit
 PERF_OUTPUTS = (
     "kv_cache_alloc_new_blocks", "kv_cache_reused_blocks", "kv_cache_alloc_total_blocks",
@@ -77,15 +80,21 @@ def _param_flag(value):
     return str(value).strip().lower() in ("1", "true", "yes")
 
 
-def _instance_placement(args, config, params):
+def _instance_placement(args, config, params, local_ranks=1, local_rank=0):
     """(device, torch threads) of this instance. A ``KIND_GPU`` instance runs on the GPU Triton
-    gave it (``model_instance_device_id``); CPU instances of one model split the cores between
+    gave it (``model_instance_device_id``); a rank of a tensor-parallel group on the GPU of its
+    local rank; CPU instances of one model (and the ranks on one host) split the cores between
     them unless ``num_threads`` says otherwise."""
     device = params.get("device", "auto")
     threads = int(params.get("num_threads", "0"))
     if args.get("model_instance_kind") == "GPU" and device in ("auto", "cuda"):
         return f"cuda:{int(args.get('model_instance_device_id', '0'))}", threads
-    cpu_instances = sum(
+    if local_ranks > 1 and device in ("auto", "cuda"):
+        import torch
+
+        if device == "cuda" or torch.cuda.is_available():
+            return f"cuda:{local_rank}", threads
+    cpu_instances = local_ranks * sum(
         int(g.get("count", 1))
         for g in config.get("instance_group", [])
         if g.get("kind", "KIND_CPU") == "KIND_CPU"
@@ -132,9 +141,23 @@ class TritonPythonModel:
             ),
             max_tokens_in_paged_kv_cache=int(params.get("max_tokens_in_paged_kv_cache", "0")),
         )
-        device, num_threads = _instance_placement(args, config, params)
+        world = int(params.get("tp_size", "1"))
+        model_dir, group = params["model_dir"], None
+        if world > 1:  # a rank of a tensor-parallel group (mpirun / srun, one tritonserver each)
+            rank, size, local_rank, local_size = launched_rank()
+            if size != world:
+                raise pb_utils.TritonModelException(
+                    f"the engine is split {world} ways (tp_size) but this process is rank {rank} "
+                    f"of {size}; serve it with 'trtbuild serve', which launches {world} ranks"
+                )
+            device, num_threads = _instance_placement(args, config, params, local_size, local_rank)
+            model_dir = os.path.join(model_dir, RANK_DIR.format(rank))
+            group = RankGroup(rank, world, "cpu" if device == "auto" else device)
+        else:
+            device, num_threads = _instance_placement(args, config, params)
         self.engine = Engine(
-            params["model_dir"],
+            model_dir,
+            group=group,
             device=device,
             dtype=params.get("dtype", "auto"),
             limits=limits,
@@ -143,6 +166,22 @@ class TritonPythonModel:
             kv_cache=params.get("kv_cache", "auto"),
             cuda_graphs=_param_flag(params.get("cuda_graphs", "true")),
         )
+        if group is not None and not group.leader:
+            # like TensorRT-LLM's ranks above 0, this one never finishes loading: it follows rank
+            # 0's steps for the life of the group, so its tritonserver never opens endpoints
+            pb_utils.Logger.log_info(
+                f"trtbuild portable runtime: rank {group.rank} of {world} follows rank 0 "
+                f"(device={self.engine.device} dtype={self.engine.dtype})"
+            )
+            try:
+                self.engine.follow()
+            except Exception as exc:  # noqa: BLE001 - rank 0 is gone or stuck: end this rank
+                pb_utils.Logger.log_error(
+                    f"trtbuild portable runtime: rank {group.rank} lost rank 0 ({exc}); exiting"
+                )
+                sys.stderr.flush()
+                os._exit(1)
+            os._exit(0)  # rank 0 stopped the group
         tokenizer_dir = params.get("tokenizer_dir", "")
         self.text = Text(tokenizer_dir) if tokenizer_dir else None
         vocab = self.engine.vocab_size
@@ -163,7 +202,12 @@ class TritonPythonModel:
         self.fault_request_id = params.get("test_fault_request_id") or None
         self.engine.start()
         self.engine.warmup()
-        self._outbox = queue.SimpleQueue()
+        # several sender threads: a response's send waits for the server's acknowledgement with
+        # the GIL released, so sends of different requests overlap; one request's responses
+        # always go through the same thread (its outbox), which keeps them in order
+        senders = max(1, int(params.get("sender_threads", str(SENDER_THREADS))))
+        self._outboxes = [queue.SimpleQueue() for _ in range(senders)]
+        self._replies_seen = 0
         self._active = {}  # id(_Reply) -> _Reply, for cancellation polling
         self._by_request_id = {}  # Triton request id -> _Reply, for `stop` requests
         self._lock = threading.Lock()
@@ -175,8 +219,17 @@ class TritonPythonModel:
             "model_instance": args.get("model_instance_name", ""),
         }
         self._metrics = self._make_metrics(self.engine.limits.max_batch_size)
-        self._sender = threading.Thread(target=self._send_loop, name="trtbuild-sender", daemon=True)
-        self._sender.start()
+        interval_us = int(params.get("gil_switch_interval_us", "0"))
+        if interval_us > 0:  # how long the decode thread may wait for the GIL a sender holds
+            sys.setswitchinterval(interval_us / 1e6)
+        self._senders = [
+            threading.Thread(
+                target=self._send_loop, args=(i,), name=f"trtbuild-sender-{i}", daemon=True
+            )
+            for i in range(senders)
+        ]
+        for thread in self._senders:
+            thread.start()
         pb_utils.Logger.log_info(
             f"trtbuild portable runtime ready: device={self.engine.device} dtype={self.engine.dtype} "
             f"max_batch_size={self.engine.limits.max_batch_size} max_seq_len={limits.max_seq_len} "
@@ -285,6 +338,8 @@ class TritonPythonModel:
         )
         reply.arrival_ns = time.monotonic_ns()
         reply.requests = []
+        outbox = self._outboxes[self._replies_seen % len(self._outboxes)]
+        self._replies_seen += 1
         for index, row in enumerate(parsed.rows):
             state = _Row()
             state.reply = reply
@@ -301,7 +356,7 @@ class TritonPythonModel:
                 Request(
                     prompt=row.prompt,
                     max_new_tokens=row.max_new_tokens,
-                    on_event=self._outbox.put,
+                    on_event=outbox.put,
                     end_id=row.end_id,
                     stop_words=row.stop_words,
                     bad_words=row.bad_words,
@@ -339,11 +394,14 @@ class TritonPythonModel:
             sender.send(pb_utils.InferenceResponse([]), flags=FINAL)
 
     # -- responses (sender thread) ----------------------------------------------------------------
-    def _send_loop(self):
+    def _send_loop(self, index):
+        """Sender ``index``: answer the events of its outbox; sender 0 also polls cancellations
+        and updates the gauges."""
+        outbox = self._outboxes[index]
         last_scan = time.monotonic()
         while self._running:
             try:
-                event = self._outbox.get(timeout=CANCEL_POLL_S)
+                event = outbox.get(timeout=CANCEL_POLL_S)
             except queue.Empty:
                 event = None
             while event is not None:
@@ -352,11 +410,11 @@ class TritonPythonModel:
                 except Exception as exc:  # noqa: BLE001 - one bad response must not stop the loop
                     pb_utils.Logger.log_error(f"trtbuild: failed to send a response: {exc}")
                 try:
-                    event = self._outbox.get_nowait()
+                    event = outbox.get_nowait()
                 except queue.Empty:
                     event = None
             now = time.monotonic()
-            if now - last_scan >= CANCEL_POLL_S:
+            if index == 0 and now - last_scan >= CANCEL_POLL_S:
                 last_scan = now
                 try:
                     self._poll_cancellations()
@@ -543,7 +601,7 @@ class TritonPythonModel:
 
     def _exit_after_flush(self):
         deadline = time.monotonic() + EXIT_FLUSH_S
-        while not self._outbox.empty() and time.monotonic() < deadline:
+        while any(not q.empty() for q in self._outboxes) and time.monotonic() < deadline:
             time.sleep(0.01)
         time.sleep(0.3)  # the last event taken from the outbox is being sent
         os._exit(1)
