@@ -179,6 +179,7 @@ def models(spec: RepoSpec) -> dict[str, tuple[str, dict[str, Path | None]]]:
             **checked,
             "1/_trtbuild_engine.py": _runtime_file("engine.py"),
             "1/_trtbuild_parallel.py": _runtime_file("parallel.py"),
+            "1/_trtbuild_fused.py": _runtime_file("fused.py"),
         }
         if spec.runtime == "torch"
         else {"1/model.py": None}  # TensorRT-LLM's C++ backend: no Python in the core model

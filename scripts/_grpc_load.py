@@ -63,7 +63,7 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
     if not ok:
         return {"requests": 0, "error_count": len(errors), "errors": errors[:3]}
     start, end = min(r["t0"] for r in ok), max(r["times"][-1] for r in ok)
-    tokens = sum(len(r["times"]) for r in ok)
+    tokens = sum(len(r["times"]) for r in ok)  # one time per token
     ttft = [r["times"][0] - r["t0"] for r in ok]
     itl = [b - a for r in ok for a, b in zip(r["times"], r["times"][1:], strict=False)]
 
@@ -72,7 +72,7 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
 
     return {
         "requests": len(ok),
-        "responses_with_tokens": tokens,
+        "output_tokens": tokens,
         "seconds": round(end - start, 3),
         "output_tokens_per_s": round(tokens / (end - start), 1),
         "requests_per_s": round(len(ok) / (end - start), 2),
@@ -95,6 +95,8 @@ def _inputs(prompt: Any, output_len: int) -> list[Any]:
             "max_tokens": np.array([[output_len]], dtype=np.int32),
             "stream": np.array([[True]], dtype=bool),
             "end_id": np.array([[-1]], dtype=np.int32),
+            # a response may carry several tokens (the sender merges what waited): count them
+            "return_num_output_tokens": np.array([[True]], dtype=bool),
         }
     else:  # the core model: token ids in
         arrays = {
@@ -131,7 +133,7 @@ def _worker(
 
     class Stream:
         def __init__(self, index: int) -> None:
-            self.index, self.sent = index, 0
+            self.index, self.sent, self.counted = index, 0, 0
             self.times: list[float] = []
             self.t0 = 0.0
             self.client = grpcclient.InferenceServerClient(url)
@@ -140,7 +142,7 @@ def _worker(
         def send(self) -> None:
             prompt = prompts[(self.index * per_stream + self.sent) % len(prompts)]
             self.sent += 1
-            self.times, self.t0 = [], time.perf_counter()
+            self.times, self.t0, self.counted = [], time.perf_counter(), 0
             self.client.async_stream_infer(
                 model,
                 _inputs(prompt, output_len),
@@ -156,8 +158,16 @@ def _worker(
                 self.finish()
                 return
             response = result.get_response()
-            if any(o.name in ("output_ids", "text_output") for o in response.outputs):
-                self.times.append(now)
+            names = {o.name for o in response.outputs}
+            tokens = 0
+            if "output_ids" in names:
+                tokens = int(result.as_numpy("output_ids").size)
+            elif "num_output_tokens" in names:  # cumulative while streaming
+                total = int(result.as_numpy("num_output_tokens").reshape(-1)[0])
+                tokens, self.counted = total - self.counted, total
+            elif "text_output" in names:
+                tokens = 1
+            self.times.extend([now] * tokens)  # one time per token, as it reached the client
             final = response.parameters.get("triton_final_response")
             if final is not None and final.bool_param:
                 with lock:

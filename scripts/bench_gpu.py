@@ -342,7 +342,7 @@ def parity_run(
         t.start()
     for t in threads:
         t.join()
-    layout, graphs = engine.kv_layout, len(engine.graphs)
+    layout, graphs, fused = engine.kv_layout, len(engine.graphs), fused_kernels(engine)
     dispose(engine)
     same = sum(g == r for g, r in zip(got, ref, strict=True))
     first = [
@@ -359,6 +359,7 @@ def parity_run(
         "tokens_compared": new * len(prompts),
         "kv_layout": layout,
         "cuda_graphs": graphs,
+        "fused_layers": fused,
         "compile_decode": compile_decode,
     }
 
@@ -415,10 +416,41 @@ def make_engine(model: Any, **kwargs: Any) -> Engine:
 
 
 def phase_engine(args: argparse.Namespace, model: Any) -> dict[str, Any]:
+    return engine_run(
+        model, "slots+graphs", [(1, 8), (16, 64), (64, 384)], compile_decode=args.compile
+    )
+
+
+def phase_engine64(args: argparse.Namespace, model: Any) -> dict[str, Any]:
+    """The engine at concurrency 64 only, for memory (run under each PYTORCH_CUDA_ALLOC_CONF)."""
+    result = engine_run(model, "slots+graphs", [(64, 384)])
+    result["alloc_conf"] = os.environ.get("PYTORCH_CUDA_ALLOC_CONF", "")
+    return result
+
+
+def phase_fused_ab(args: argparse.Namespace, model: Any) -> dict[str, Any]:
+    """The fused layers (trtbuild.runtime.fused) against transformers' layers, same engine."""
+    plan = [(1, 8), (64, 384)]
+    return {
+        "unfused": engine_run(model, "slots+graphs, transformers layers", plan, fused_layers=False),
+        "fused": engine_run(model, "slots+graphs+fused layers", plan, fused_layers=True),
+    }
+
+
+def fused_kernels(engine: Engine) -> dict[str, str] | None:
+    """How the fused layers' elementwise kernels run (compiled, or eager after a failure)."""
+    if not engine.fused_layers:
+        return None
+    from trtbuild.runtime.fused import FUSED_ATTR
+
+    return getattr(engine.model.get_decoder().layers[0], FUSED_ATTR).kernels.status()
+
+
+def engine_run(model: Any, tag: str, plan: list[tuple[int, int]], **kwargs: Any) -> dict[str, Any]:
     vocab = model.config.vocab_size
     torch.cuda.reset_peak_memory_stats()
     t = time.perf_counter()
-    engine = make_engine(model, compile_decode=args.compile).start()
+    engine = make_engine(model, **kwargs).start()
     alloc_s = time.perf_counter() - t
     t = time.perf_counter()
     engine.warmup()
@@ -449,14 +481,16 @@ def phase_engine(args: argparse.Namespace, model: Any) -> dict[str, Any]:
         steps["eager_b1_L256_ms"] = eager_step_ms(engine, 1, 256)
 
     engine._on_engine_thread(measure)
-    loops = run_loops(engine, vocab, [(1, 8), (16, 64), (64, 384)], "slots+graphs")
+    loops = run_loops(engine, vocab, plan, tag)
     memory["peak_reserved"] = torch.cuda.max_memory_reserved()
     memory["peak_allocated"] = torch.cuda.max_memory_allocated()
     memory["nvidia_smi_used_mib_after_loops"] = gpu_memory_used_mib()
     result = {
         "engine_alloc_s": round(alloc_s, 2),
         "warmup_s": round(warm_s, 2),
-        "compile_decode": args.compile,
+        "compile_decode": bool(kwargs.get("compile_decode")),
+        "fused_layers": engine.fused_layers,
+        "fused_kernels": fused_kernels(engine),
         "first_calls_s": round(engine.compile_seconds, 2),
         "graphs": len(engine.graphs),
         "batch_buckets": engine.batch_buckets,
@@ -497,7 +531,7 @@ def served_loop(
         "target": model,
         "concurrency": concurrency,
         "requests": found["requests"],
-        "responses_with_tokens": found.get("responses_with_tokens", 0),
+        "output_tokens": found.get("output_tokens", 0),
         "seconds": found.get("seconds"),
         "tokens_per_s": found.get("output_tokens_per_s"),
         "ttft_p50_ms": found.get("ttft_ms_p50"),
@@ -560,13 +594,11 @@ def save_model(args: argparse.Namespace, model: Any | None) -> None:
     log("saved", model_dir, "in", round(time.perf_counter() - t, 1), "s")
 
 
-def phase_served(args: argparse.Namespace) -> dict[str, Any]:
-    from trtbuild import _stub_env
+def served_repo(args: argparse.Namespace) -> Any:
+    """The served model's repository and the ServeSpec that serves it."""
     from trtbuild.render import render_repository
-    from trtbuild.server import TritonServer
     from trtbuild.specs import RepoSpec, ServeSpec, ServingLimits
 
-    out: dict[str, Any] = {}
     model_dir = Path(args.model_dir)
     limits = ServingLimits(
         max_batch_size=64, max_input_len=PROMPT, max_seq_len=PROMPT + OUTPUT, max_num_tokens=4096,
@@ -577,9 +609,117 @@ def phase_served(args: argparse.Namespace) -> dict[str, Any]:
         limits=limits, preprocessing_instance_count=4, num_threads=4, add_special_tokens=False,
     )  # fmt: skip
     repo = render_repository(spec, Path(args.workdir) / "repository", force=True)
-    serve = ServeSpec(
+    return ServeSpec(
         repo=repo, http_port=0, grpc_port=0, metrics_port=0, startup_timeout=900, shutdown_grace=10
     )
+
+
+# the served A/B: tensorrt_llm parameters per variant (the last is what a rendered repository
+# gets by default)
+def _variant(senders: int, fused: str, merge: bool = True) -> dict[str, str]:
+    return {
+        "sender_threads": str(senders),
+        "fused_layers": fused,
+        "merge_responses": str(merge).lower(),
+    }
+
+
+# measured 2026-12-01, first round (before merged responses existed: one response per step):
+# 1 sender with transformers' layers, 1 sender with fused layers, 4 senders with fused layers,
+# and 4 senders with the GIL switch interval at 0.5 ms (sys.setswitchinterval, tried and dropped:
+# no gain); docs/perf/h200.md has the numbers
+SERVED_VARIANTS = {
+    "4 senders, fused, merged responses (the defaults)": _variant(4, "auto"),
+    "4 senders, fused, one response per step": _variant(4, "auto", merge=False),
+    "1 sender, fused, merged responses": _variant(1, "auto"),
+}
+
+
+def ready_line(server: Any) -> str | None:
+    """The tensorrt_llm model's "ready" log line (device, dtype, layout, graphs, fused)."""
+    text = Path(server.log_path).read_text(errors="replace")
+    return next(
+        (line[-400:] for line in text.splitlines() if "portable runtime ready" in line), None
+    )
+
+
+SERVED_AB_LOOPS = ((1, 6), (64, 384))
+
+
+def phase_served_ab(args: argparse.Namespace) -> dict[str, Any]:
+    """The core model served with each of SERVED_VARIANTS: c=1 and c=64 (and a py-spy profile
+    of the stub during the c=64 loop of the variants named in --py-spy-variants)."""
+    from trtbuild.files.model_config import set_parameters
+    from trtbuild.server import TritonServer, find_stubs
+
+    if args.numpy_wheel:
+        from trtbuild import _stub_env
+
+        os.environ[_stub_env.NUMPY_WHEEL_ENV] = str(args.numpy_wheel)
+    serve = served_repo(args)
+    id_prompts = prompts_for(64, PROMPT, LLAMA3_8B["vocab_size"], 11)
+    config = Path(serve.repo) / "tensorrt_llm" / "config.pbtxt"
+    out: dict[str, Any] = {}
+    profiled = set(filter(None, (args.py_spy_variants or "").split(",")))
+    for index, (name, params) in enumerate(SERVED_VARIANTS.items()):
+        set_parameters(config, params)
+        t = time.perf_counter()
+        try:
+            with TritonServer(serve, quiet=True) as server:
+                result: dict[str, Any] = {
+                    "params": params,
+                    "startup_s": round(time.perf_counter() - t, 1),
+                }
+                stub = next(
+                    (s for s in find_stubs(server._proc.pid) if s.model == "tensorrt_llm"), None
+                )
+                for concurrency, requests in SERVED_AB_LOOPS:
+                    served_loop(
+                        server.grpc_url, "tensorrt_llm", concurrency, concurrency, id_prompts
+                    )
+                    spy = None
+                    if concurrency > 1 and str(index) in profiled and args.py_spy and stub:
+                        spy = threading.Thread(
+                            target=py_spy,
+                            args=(args, stub.process.pid, args.out / f"py-spy-{index}"),
+                        )
+                        spy.start()
+                    loop = served_loop(
+                        server.grpc_url, "tensorrt_llm", concurrency, requests, id_prompts
+                    )
+                    if spy is not None:
+                        spy.join()
+                    result[f"c{concurrency}"] = loop
+                result["ready"] = ready_line(server)
+                result["log_tail"] = server.log_tail(4)
+        except Exception as exc:  # noqa: BLE001 - the next variant still runs
+            result = {"params": params, "error": f"{type(exc).__name__}: {exc}"}
+        log("served_ab", name, json.dumps({k: v for k, v in result.items() if k != "log_tail"}))
+        out[name] = result
+    return out
+
+
+def py_spy(args: argparse.Namespace, pid: int, prefix: Path) -> None:
+    """Two py-spy samples of the stub (all threads; only the GIL holder), collapsed stacks."""
+    for extra, suffix in (([], "threads"), (["--gil"], "gil")):
+        argv = [
+            str(args.py_spy), "record", "--pid", str(pid), "--duration", "5", "--rate", "250",
+            "--format", "raw", "--threads", "--nonblocking", "-o", f"{prefix}-{suffix}.txt", *extra,
+        ]  # fmt: skip
+        try:
+            result = proc.run(argv, timeout=60, check=False, quiet=True)
+            log("py-spy", suffix, result.returncode, result.output[-300:])
+        except TrtbuildError as exc:
+            log("py-spy", suffix, "failed:", exc)
+
+
+def phase_served(args: argparse.Namespace) -> dict[str, Any]:
+    from trtbuild import _stub_env
+    from trtbuild.server import TritonServer
+
+    out: dict[str, Any] = {}
+    model_dir = Path(args.model_dir)
+    serve = served_repo(args)
     # 1. the host's own Python (numpy 2 on a stock GPU image) must be refused, with the fix
     os.environ.pop(_stub_env.NUMPY_WHEEL_ENV, None)
     try:
@@ -624,6 +764,7 @@ def phase_served(args: argparse.Namespace) -> dict[str, Any]:
             log("served", json.dumps(result))
             loops.append(result)
         out["loops"] = loops
+        out["ready"] = ready_line(server)
         out["log_tail"] = server.log_tail(15)
     out["gpu_memory_used_mib_peak"] = memory.peak
     out["gpu_memory_server_processes_mib_peak"] = memory.peak_others
@@ -701,6 +842,12 @@ def main() -> int:
         "--compile", action="store_true", help="in-process engines fuse decode with torch.compile"
     )
     parser.add_argument("--plot", type=Path, help="only draw the SVG from the JSON in --out")
+    parser.add_argument("--py-spy", type=Path, help="py-spy, to profile the stub in served_ab")
+    parser.add_argument(
+        "--py-spy-variants",
+        default="",
+        help="served_ab variants to profile (indexes, comma-separated)",
+    )
     args = parser.parse_args()
     if args.plot:
         env = json.loads((args.out / "env.json").read_text())
@@ -716,9 +863,9 @@ def main() -> int:
     for phase in phases:
         log("phase", phase)
         try:
-            if phase in ("engine", "ab") and model is None:
+            if phase in ("engine", "ab", "fused_ab", "engine64") and model is None:
                 model = random_model(LLAMA3_8B, torch.bfloat16)
-            if phase == "served":
+            if phase in ("served", "served_ab"):
                 save_model(args, model)
                 model = None  # the server loads its own copy; this process keeps no weights
                 gc.collect()
@@ -735,6 +882,12 @@ def main() -> int:
                 result = phase_ab(args, model)
             elif phase == "served":
                 result = phase_served(args)
+            elif phase == "served_ab":
+                result = phase_served_ab(args)
+            elif phase == "engine64":
+                result = phase_engine64(args, model)
+            elif phase == "fused_ab":
+                result = phase_fused_ab(args, model)
             elif phase == "parity8b32":
                 result = phase_parity8b32(args)
             else:

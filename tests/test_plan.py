@@ -88,6 +88,35 @@ def test_llama_8b_on_one_h100_by_hand() -> None:
     assert p.prefill_tokens_per_s == pytest.approx(68_225.5, abs=0.1)
 
 
+def test_the_portable_runtime_takes_one_slot_per_sequence_by_hand() -> None:
+    """--runtime torch: the KV cache is max_batch_size slots of max_seq_len (64 x 256 tokens x
+    128 KiB = 2 GiB, not 0.9 of the free memory), so the memory served is weights + that + the
+    reserve. docs/perf/h200.md compares this with what the served runtime took on an H200."""
+    p = plan("llama-3.1-8b", "h200", max_input_len=128, max_output_len=128, runtime="torch")
+    assert (p.runtime, p.tp, p.pp, p.max_batch_size) == ("torch", 1, 1, 64)
+    assert p.kv_cache_bytes_per_rank == 64 * 256 * 128 * 1024 == 2 * GiB
+    assert (p.kv_cache_tokens, p.max_concurrent_sequences) == (64 * 256, 64)
+    # reserve: 2 GiB + activations 8192 x 2 B x (4 x 4096 + 3 x 14336) = 973,078,528 + logits
+    #   64 rows (not the ridge batch: each row is a preallocated slot) x 128,256 x 4 B = 32,833,536
+    assert p.reserve_bytes_per_rank == 2 * GiB + 973_078_528 + 32_833_536
+    assert p.gpu_memory_used_bytes_per_rank == (16_060_522_496 + 2 * GiB + p.reserve_bytes_per_rank)
+    trt = plan("llama-3.1-8b", "h200", max_input_len=128, max_output_len=128)
+    assert (
+        trt.runtime == "tensorrtllm"
+        and trt.kv_cache_bytes_per_rank > 50 * p.kv_cache_bytes_per_rank
+    )
+    # more GPUs: replicas (no PP), each with the slots of its share of the traffic
+    four = plan("llama-3.1-8b", "h200", gpus_per_node=2, nodes=2, runtime="torch")
+    assert (four.pp, four.replicas, four.max_batch_size) == (1, 4, 16)
+
+
+def test_the_portable_runtime_plan_refuses_quantization() -> None:
+    with pytest.raises(
+        SpecError, match=r"^the portable runtime \(--runtime torch\) does not quantize"
+    ):
+        plan("llama-3.1-8b", "h200", quant="fp8", runtime="torch")
+
+
 def test_llama_70b_tp2_per_rank_by_hand() -> None:
     p = plan("llama-3.1-70b", "h100-sxm", gpus_per_node=8)
     # 68,451,041,280 x 2 B / 2 + embedding 2,101,346,304 (replicated) + lm_head 2,101,346,304 / 2

@@ -62,7 +62,13 @@ def test_core_model_greedy_tokens_equal_transformers_generate(
     got = stream_core(served.grpc_url, core_inputs(ids, 40, end_id=-1, streaming=True))
     assert got.error is None
     assert got.tokens == expected
-    assert len(got.responses) == 40  # one response per token: it really streamed
+    # it really streamed: several responses, each with the tokens made since the last one (one
+    # per decode step, or several when they waited for the sender: it merges what waited)
+    assert len(got.responses) > 1
+    assert [int(r["sequence_length"][0, 0]) for r in got.responses] == [
+        r["output_ids"].shape[-1] for r in got.responses
+    ]
+    assert all(r["output_ids"].shape[-1] >= 1 for r in got.responses)
 
 
 @pytest.mark.parametrize("prompt", PROMPTS[1:3], ids=["emoji", "cjk"])
@@ -546,6 +552,9 @@ def test_response_shapes_are_upstreams(served, reference: Reference) -> None:  #
     assert r["output_ids"].shape == (1, 1, 5) and r["sequence_length"].shape == (1, 1)
     assert r["cum_log_probs"].shape == (1, 1) and r["output_log_probs"].shape == (1, 1, 5)
     assert "batch_index" not in r  # one sequence: upstream sends it only for batches
+    # no output named: Triton asks for every output; trtbuild's output_text is left out (only
+    # callers that name it, the ensemble and the BLS, pay for detokenizing)
+    assert "output_text" not in r and "output_ids" in r
     for stream in (True, False):
         s = Stream(
             served.grpc_url, "ensemble", ensemble("Shapes", 6, end_id=-1, stream=stream)
@@ -577,8 +586,11 @@ def test_perf_metrics_are_real(served, reference: Reference) -> None:  # type: i
             assert r[name].shape == (1, 1) and r[name].dtype == np.int64, name
         assert r["acceptance_rate"].dtype == np.float32 and float(r["acceptance_rate"][0, 0]) == 0
     v = [{k: int(r[k].reshape(-1)[0]) for k in (*ints, *times)} for r in got.responses]
-    for i, row in enumerate(v):  # the KV this request holds, in blocks of 32 tokens, none reused
-        blocks = -(-(39 + i) // TOKENS_PER_BLOCK)
+    seen = 0  # tokens received so far (a response carries several when they waited to be sent)
+    for r, row in zip(got.responses, v, strict=True):
+        seen += r["output_ids"].shape[-1]
+        # the KV this request holds when its newest token was made, in blocks of 32, none reused
+        blocks = -(-(39 + seen - 1) // TOKENS_PER_BLOCK)
         assert row["kv_cache_alloc_new_blocks"] == row["kv_cache_alloc_total_blocks"] == blocks
         assert row["kv_cache_reused_blocks"] == row["total_draft_tokens"] == 0
         assert row["total_accepted_draft_tokens"] == 0

@@ -44,7 +44,8 @@ def test_renders_five_models_that_parse_and_wire(tmp_path: Path) -> None:
     assert configs["tensorrt_llm_bls"].model_transaction_policy.decoupled is False
     assert all((repo / m / "1").is_dir() for m in configs)
     # the portable runtime's code travels with the repository
-    assert (repo / "tensorrt_llm/1/_trtbuild_engine.py").is_file()
+    for name in ("engine", "requests", "parallel", "fused"):
+        assert (repo / f"tensorrt_llm/1/_trtbuild_{name}.py").is_file(), name
     assert (repo / "postprocessing/1/_trtbuild_detok.py").is_file()
     # every client-facing TensorRT-LLM input genai-perf and TRT-LLM clients send is declared
     names = {i.name for i in configs["ensemble"].input}
@@ -162,3 +163,20 @@ def test_golden_portable_repository(tmp_path: Path, update_golden: bool) -> None
         for p in sorted((GOLDEN / "torch").rglob("config.pbtxt"))
     }
     assert rendered == expected, "rendered configs changed; review, then run `make golden`"
+
+
+def test_set_parameters_changes_only_what_it_names(tmp_path: Path) -> None:
+    from trtbuild.files.model_config import read_config, set_parameters
+
+    repo = render_repository(spec_for(tmp_path / "engine"), tmp_path / "repo")
+    path = repo / "tensorrt_llm" / "config.pbtxt"
+    before = read_config(path)
+    set_parameters(path, {"sender_threads": "8", "kv_cache": "dynamic"})
+    after = read_config(path)
+    assert after.parameters["sender_threads"].string_value == "8"
+    assert after.parameters["kv_cache"].string_value == "dynamic"
+    del after.parameters["sender_threads"]
+    del after.parameters["kv_cache"]
+    if "kv_cache" in before.parameters:
+        del before.parameters["kv_cache"]
+    assert after == before

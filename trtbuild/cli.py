@@ -328,6 +328,13 @@ def download(
     "--price-per-gpu-hour", type=float, help="Dollars; adds cost per million output tokens."
 )
 @click.option(
+    "--runtime",
+    type=click.Choice(["tensorrtllm", "torch"]),
+    default="tensorrtllm",
+    show_default=True,
+    help="TensorRT-LLM, or trtbuild's portable runtime (its KV cache: max_batch_size slots).",
+)
+@click.option(
     "--json", "as_json", is_flag=True, help="Print the plan as JSON (for --plan plan.json)."
 )
 def plan_command(
@@ -342,6 +349,7 @@ def plan_command(
     max_output_len: int,
     concurrency: int,
     price_per_gpu_hour: float | None,
+    runtime: str,
     as_json: bool,
 ) -> None:
     """Plan TP, PP, replicas and engine limits for CHECKPOINT_OR_CONFIG on a GPU type.
@@ -366,6 +374,7 @@ def plan_command(
             max_output_len=max_output_len,
             concurrency=concurrency,
             price_per_gpu_hour=price_per_gpu_hour,
+            runtime=runtime,
         )
     )
     result = plan_from_spec(PlanSpec(model=model, gpu=gpu, request=request))

@@ -645,20 +645,30 @@ def _measure(
                     if sampler is not None:
                         sampler.start()
                     try:
-                        run = _perf_analyzer(
-                            tool,
-                            _argv(
-                                tool, target, server.url, data, export, spec, level, warmup=False
-                            ),
-                            export,
-                            log,
-                            server=server,
-                            limit_s=120 + spec.max_trials * spec.measurement_interval_ms * 3 / 1000,
-                            quiet=False,
-                            tick=tick,
-                        )
+                        for attempt in (1, 2):
+                            run = _perf_analyzer(
+                                tool,
+                                _argv(
+                                    tool, target, server.url, data, export, spec, level,
+                                    warmup=False,
+                                ),
+                                export,
+                                log,
+                                server=server,
+                                limit_s=120
+                                + spec.max_trials * spec.measurement_interval_ms * 3 / 1000,
+                                quiet=False,
+                                tick=tick,
+                            )  # fmt: skip
+                            if not _empty_export(run) or attempt == 2:
+                                break
+                            # perf_analyzer 2.51 exited 0 having written an empty export
+                            # (seen on a loaded 2-core machine): measure once more
+                            notes.append(f"{target.model} {name(level)}: perf_analyzer wrote an "
+                                         "empty profile export; measured again")  # fmt: skip
                     finally:
                         samples = sampler.stop() if sampler is not None else []
+                assert run is not None
                 result = _level(
                     run, target, streamed, level, key, samples, spec, serving, tok, counts
                 )
@@ -689,6 +699,10 @@ def _measure(
         notes=notes,
     )
     return results.model_copy(update={"ratios": ratios(results)})
+
+
+def _empty_export(run: _Run) -> bool:
+    return run.problem is None and run.export is not None and run.export.stat().st_size == 0
 
 
 def _summary_line(where: str, result: LevelResult) -> str:
@@ -746,8 +760,12 @@ def _level(
             raise NoMeasurement("perf_analyzer recorded no measurement window")
         metrics = level_metrics(found, window, streamed=streamed, sla=spec.sla, gpus=gpus)
     except (ExportError, NoMeasurement) as exc:
+        size = run.export.stat().st_size
+        where = f"{run.export.name}: {size:,} bytes, perf_analyzer exit {run.returncode}"
+        if isinstance(exc, ExportError) and size < 200:  # what it wrote, and what it said
+            where += f"; it said: {proc.tail(run.output, 3)!r}"
         return LevelResult(
-            level=level, series=key, stable=False, server=server, error=f"{exc} ({run.export.name})"
+            level=level, series=key, stable=False, server=server, error=f"{exc} ({where})"
         )
     return LevelResult(
         level=level, series=key, stable=run.returncode == 0, metrics=metrics, server=server

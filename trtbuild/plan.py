@@ -108,6 +108,9 @@ class Plan(StrictModel):
     reserve_bytes_per_rank: int = Field(description="runtime + activations + logits (estimate)")
     gpu_memory_bytes: int
     kv_cache_bytes_per_rank: int
+    gpu_memory_used_bytes_per_rank: int = Field(
+        0, description="what serving takes on the fullest GPU: weights + KV cache + reserve"
+    )
     # layout
     tp: int
     pp: int
@@ -125,6 +128,9 @@ class Plan(StrictModel):
     max_seq_len: int
     max_num_tokens: int
     kv_cache_free_gpu_mem_fraction: float
+    runtime: Literal["tensorrtllm", "torch"] = Field(
+        "tensorrtllm", description="torch: trtbuild's portable runtime (KV: max_batch_size slots)"
+    )
     # speed (per replica; upper bounds)
     decode_roofline_tokens_per_s: float = Field(
         description="per replica at concurrency_per_replica"
@@ -213,8 +219,15 @@ class _Ctx:
         return max(8, math.ceil(batch / 8) * 8)
 
     @property
+    def portable(self) -> bool:
+        """trtbuild's portable runtime: one KV slot of max_seq_len per batch row, preallocated."""
+        return self.request.runtime == "torch"
+
+    @property
     def batch_cap(self) -> int:
         """The largest max_batch_size the plan may pick (sizes the logits reserve)."""
+        if self.portable:  # every row is a preallocated slot: no more rows than the traffic
+            return min(4096, self.request.concurrency)
         return min(4096, max(self.ridge_batch, self.request.concurrency))
 
 
@@ -301,6 +314,11 @@ def _resolve(facts: ModelFacts, gpu: GpuSpec, request: PlanRequest) -> _Ctx:
             )
     if quant == "fp8":
         reasons.append(f"quant=fp8: {gpu.name} is SM {gpu.sm} (FP8 needs SM >= {SM_FP8})")
+    if request.runtime == "torch" and (quant != "none" or kv != "auto"):
+        raise SpecError(
+            "the portable runtime (--runtime torch) does not quantize; drop --quant/"
+            "--kv-cache-dtype, or plan for --runtime tensorrtllm"
+        )
     seq = request.max_input_len + request.max_output_len
     if seq > facts.max_position_embeddings:
         raise SpecError(
@@ -329,6 +347,8 @@ def _candidates(ctx: _Ctx) -> list[tuple[int, int]]:
     tps = [tp for tp in range(1, per_node + 1) if _valid_tp(ctx.facts, tp)]
     layouts = [(tp, 1) for tp in tps]
     widest = tps[-1]
+    if ctx.portable:  # the portable runtime splits by TP only
+        return layouts
     for pp in range(2, min(ctx.request.nodes, ctx.facts.num_layers) + 1):
         layouts.append((widest, pp))
     return layouts
@@ -368,9 +388,17 @@ def _evaluate(ctx: _Ctx, tp: int, pp: int) -> _Layout:
     kv_per_token_rank = 2 * layers * kv_heads_rank * f.head_dim * ctx.kv_bytes_per_value
     free = memory - weights_rank - reserve
     kv_bytes_rank = int(max(0, free) * KV_CACHE_FREE_GPU_MEM_FRACTION)
-    blocks = kv_bytes_rank // (kv_per_token_rank * TOKENS_PER_BLOCK)
-    blocks_per_sequence = math.ceil(ctx.max_seq_len / TOKENS_PER_BLOCK)
     replicas = ctx.gpus_total // (tp * pp)
+    needed = math.ceil(req.concurrency / replicas) if replicas else req.concurrency
+    if ctx.portable:  # the portable runtime: min(that budget, one slot per sequence needed)
+        slot_bytes = ctx.max_seq_len * kv_per_token_rank
+        sequences = min(kv_bytes_rank // slot_bytes, needed)
+        kv_bytes_rank = sequences * slot_bytes
+        kv_tokens = sequences * ctx.max_seq_len
+    else:
+        blocks = kv_bytes_rank // (kv_per_token_rank * TOKENS_PER_BLOCK)
+        sequences = blocks // math.ceil(ctx.max_seq_len / TOKENS_PER_BLOCK)
+        kv_tokens = blocks * TOKENS_PER_BLOCK
     return _Layout(
         tp=tp,
         pp=pp,
@@ -386,9 +414,9 @@ def _evaluate(ctx: _Ctx, tp: int, pp: int) -> _Layout:
         logits_bytes=logits,
         kv_per_token_rank=kv_per_token_rank,
         kv_bytes_rank=kv_bytes_rank,
-        kv_tokens=blocks * TOKENS_PER_BLOCK,
-        max_sequences=blocks // blocks_per_sequence,
-        needed_per_replica=math.ceil(req.concurrency / replicas) if replicas else req.concurrency,
+        kv_tokens=kv_tokens,
+        max_sequences=sequences,
+        needed_per_replica=needed,
         fits_weights=free > 0 and replicas > 0,
     )
 
@@ -438,22 +466,31 @@ def _build(ctx: _Ctx, lay: _Layout, layouts: list[_Layout]) -> Plan:
 
     per_replica = lay.needed_per_replica
     max_batch = max(per_replica, min(lay.max_sequences, ctx.batch_cap))
-    reasons.append(
-        f"max_batch_size={max_batch}: the KV cache holds {lay.max_sequences:,} sequences of "
-        f"{ctx.max_seq_len:,} tokens per replica; above ~{ctx.ridge_batch} a decode step on "
-        f"{gpu.name} is compute-bound, so a larger batch adds latency, not throughput"
-        if max_batch < lay.max_sequences
-        else f"max_batch_size={max_batch}: all the sequences the KV cache holds at "
-        f"{ctx.max_seq_len:,} tokens each (target {per_replica} per replica)"
-    )
+    if ctx.portable:
+        reasons.append(
+            f"max_batch_size={max_batch}: the portable runtime preallocates one KV slot of "
+            f"{ctx.max_seq_len:,} tokens per row, so as many rows as sequences per replica"
+        )
+    else:
+        reasons.append(
+            f"max_batch_size={max_batch}: the KV cache holds {lay.max_sequences:,} sequences of "
+            f"{ctx.max_seq_len:,} tokens per replica; above ~{ctx.ridge_batch} a decode step on "
+            f"{gpu.name} is compute-bound, so a larger batch adds latency, not throughput"
+            if max_batch < lay.max_sequences
+            else f"max_batch_size={max_batch}: all the sequences the KV cache holds at "
+            f"{ctx.max_seq_len:,} tokens each (target {per_replica} per replica)"
+        )
     reasons.append(
         f"max_num_tokens={ctx.max_num_tokens}: TensorRT-LLM's default prefill budget per step, "
         f">= max_input_len {req.max_input_len:,} so the longest prompt prefills in one step"
     )
     reasons.append(f"max_seq_len={ctx.max_seq_len}: max_input_len + max_output_len")
     reasons.append(
-        f"kv_cache_free_gpu_mem_fraction={KV_CACHE_FREE_GPU_MEM_FRACTION}: TensorRT-LLM's default; "
-        "the rest of the free memory is slack for fragmentation"
+        f"kv_cache_free_gpu_mem_fraction={KV_CACHE_FREE_GPU_MEM_FRACTION}: the portable runtime's "
+        "KV cache is the smaller of that share of the free memory and max_batch_size slots"
+        if ctx.portable
+        else f"kv_cache_free_gpu_mem_fraction={KV_CACHE_FREE_GPU_MEM_FRACTION}: TensorRT-LLM's "
+        "default; the rest of the free memory is slack for fragmentation"
     )
 
     decode = _decode(ctx, lay, max(1, min(per_replica, max_batch)))
@@ -484,6 +521,7 @@ def _build(ctx: _Ctx, lay: _Layout, layouts: list[_Layout]) -> Plan:
         reserve_bytes_per_rank=lay.reserve,
         gpu_memory_bytes=gpu.memory_bytes,
         kv_cache_bytes_per_rank=lay.kv_bytes_rank,
+        gpu_memory_used_bytes_per_rank=lay.weights_rank + lay.kv_bytes_rank + lay.reserve,
         tp=lay.tp,
         pp=lay.pp,
         replicas=lay.replicas,
@@ -498,6 +536,7 @@ def _build(ctx: _Ctx, lay: _Layout, layouts: list[_Layout]) -> Plan:
         max_seq_len=ctx.max_seq_len,
         max_num_tokens=ctx.max_num_tokens,
         kv_cache_free_gpu_mem_fraction=KV_CACHE_FREE_GPU_MEM_FRACTION,
+        runtime=req.runtime,
         decode_roofline_tokens_per_s=round(decode, 1),
         decode_roofline_tokens_per_s_per_sequence=round(single, 1),
         prefill_tokens_per_s=round(prefill, 1),
@@ -733,8 +772,14 @@ def _arithmetic(
             value=lay.kv_bytes_rank,
             unit="bytes",
             formula=(
-                f"({gpu.memory_gib} GiB - {_gib(lay.weights_rank)} weights - {_gib(lay.reserve)} reserve)"
-                f" x {KV_CACHE_FREE_GPU_MEM_FRACTION} = {_gib(lay.kv_bytes_rank)}"
+                f"min(({gpu.memory_gib} GiB - {_gib(lay.weights_rank)} weights - "
+                f"{_gib(lay.reserve)} reserve) x {KV_CACHE_FREE_GPU_MEM_FRACTION}, "
+                f"{lay.max_sequences} slots x {ctx.max_seq_len:,} tokens x "
+                f"{lay.kv_per_token_rank / 1024:g} KiB) = {_gib(lay.kv_bytes_rank)} (portable runtime)"
+                if ctx.portable
+                else f"({gpu.memory_gib} GiB - {_gib(lay.weights_rank)} weights - "
+                f"{_gib(lay.reserve)} reserve) x {KV_CACHE_FREE_GPU_MEM_FRACTION} = "
+                f"{_gib(lay.kv_bytes_rank)}"
             ),
         ),
         Step(
@@ -742,7 +787,10 @@ def _arithmetic(
             value=lay.kv_tokens,
             unit="tokens",
             formula=(
-                f"{_gib(lay.kv_bytes_rank)} / {lay.kv_per_token_rank / 1024:g} KiB per token, "
+                f"{lay.max_sequences} slots x {ctx.max_seq_len:,} tokens = {lay.kv_tokens:,} "
+                "tokens per replica"
+                if ctx.portable
+                else f"{_gib(lay.kv_bytes_rank)} / {lay.kv_per_token_rank / 1024:g} KiB per token, "
                 f"in {TOKENS_PER_BLOCK}-token blocks = {lay.kv_tokens:,} tokens per replica"
             ),
         ),
@@ -857,6 +905,13 @@ def plan_table(plan: Plan) -> object:
             f"max_seq_len={plan.max_seq_len} max_num_tokens={plan.max_num_tokens}",
         ),
         ("serve with", f"kv_cache_free_gpu_mem_fraction={plan.kv_cache_free_gpu_mem_fraction}"),
+        (
+            "GPU memory",
+            f"{plan.gpu_memory_used_bytes_per_rank / GiB:,.2f} GiB per GPU: weights "
+            f"{plan.weight_bytes_per_rank / GiB:,.2f} + KV cache "
+            f"{plan.kv_cache_bytes_per_rank / GiB:,.2f} + reserve "
+            f"{plan.reserve_bytes_per_rank / GiB:,.2f} (of {plan.gpu_memory_bytes / GiB:,.1f})",
+        ),
         (
             "decode roofline",
             f"{plan.decode_roofline_tokens_per_s:,.0f} tok/s per replica at "

@@ -305,6 +305,12 @@ class PlanRequest(StrictModel):
     max_output_len: int = Field(512, ge=1)
     concurrency: int = Field(64, ge=1, description="sequences in flight across all replicas")
     price_per_gpu_hour: float | None = Field(None, gt=0)
+    runtime: Literal["tensorrtllm", "torch"] = Field(
+        "tensorrtllm",
+        description="what fills the tensorrt_llm slot: TensorRT-LLM (a KV cache of "
+        "kv_cache_free_gpu_mem_fraction of the free memory) or trtbuild's portable runtime (one "
+        "slot of max_seq_len per sequence of max_batch_size, no more; no PP, no quantization)",
+    )
 
 
 class PlanSpec(StrictModel):

@@ -26,9 +26,17 @@ from trtbuild.runtime.engine import (
     RequestError,
     Sampling,
     kv_blocks,
+    merge_events,
 )
 
-LAYOUTS = ["slots", "dynamic"]
+# "fused": the slot layout with trtbuild.runtime.fused's layers (eager on CPU; CUDA compiles them)
+LAYOUTS = ["slots", "fused", "dynamic"]
+
+
+def layout_kwargs(layout: str) -> dict[str, object]:
+    if layout == "fused":
+        return {"kv_cache": "slots", "fused_layers": True}
+    return {"kv_cache": layout, "fused_layers": False}
 
 
 @pytest.fixture(scope="module", params=LAYOUTS)
@@ -38,9 +46,10 @@ def engine(tiny_model: Path, request: pytest.FixtureRequest):  # type: ignore[no
         limits=EngineLimits(
             max_batch_size=4, max_seq_len=256, max_num_tokens=256, max_queue_size=8
         ),
-        kv_cache=request.param,
+        **layout_kwargs(request.param),  # type: ignore[arg-type]
     )
-    assert eng.kv_layout == request.param
+    assert eng.kv_layout == layout_kwargs(request.param)["kv_cache"]
+    assert eng.fused_layers == (request.param == "fused")
     eng.start()
     eng.warmup()
     yield eng
@@ -234,7 +243,7 @@ def fresh(tiny_model: Path, request: pytest.FixtureRequest):  # type: ignore[no-
         limits=EngineLimits(
             max_batch_size=8, max_seq_len=256, max_num_tokens=256, max_queue_size=8
         ),
-        kv_cache=request.param,
+        **layout_kwargs(request.param),  # type: ignore[arg-type]
     )
     eng.start()
     yield eng
@@ -611,3 +620,24 @@ def test_the_compiled_decode_step_matches_generate(tiny_model: Path, reference: 
         assert eng._forward != eng._decode_forward  # it did not fall back to eager
     finally:
         eng.stop()
+
+
+def test_merge_events_joins_each_requests_waiting_events_in_order() -> None:
+    a = Request(prompt=[1], max_new_tokens=4, on_event=lambda ev: None)
+    b = Request(prompt=[2], max_new_tokens=4, on_event=lambda ev: None)
+    events = [
+        Event(a, [10], [-0.1], kv_tokens=2, token_ns=5),
+        Event(b, [20], [-0.2], kv_tokens=2, token_ns=6),
+        Event(a, [11], [-0.3], kv_tokens=3, token_ns=7),
+        Event(a, [], [], finished=FINISH_LENGTH, kv_tokens=3),
+        Event(b, [], [], finished=FINISH_ERROR, error="boom", kv_tokens=2),
+    ]
+    merged = merge_events(events)
+    assert [ev.request for ev in merged] == [a, b]
+    first, second = merged
+    assert (first.tokens, first.log_probs, first.finished, first.kv_tokens) == (
+        [10, 11], [-0.1, -0.3], FINISH_LENGTH, 3,
+    )  # fmt: skip
+    assert first.token_ns == 7  # the newest token's time (the final event has none)
+    assert (second.tokens, second.finished, second.error) == ([20], FINISH_ERROR, "boom")
+    assert merge_events(events[:1]) == events[:1] and merge_events([]) == []

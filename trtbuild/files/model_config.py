@@ -77,6 +77,18 @@ class ModelFile:
         return bool(self.config is not None and self.config.model_transaction_policy.decoupled)
 
 
+def set_parameters(path: Path, parameters: dict[str, str]) -> None:
+    """Set (or add) string ``parameters`` of one ``config.pbtxt`` and write it back, in
+    protobuf's text format (the rendered comments are lost; benchmarks use it to vary a
+    model's knobs without re-rendering)."""
+    from google.protobuf import text_format
+
+    config = read_config(path)
+    for key, value in parameters.items():
+        config.parameters[key].string_value = value
+    Path(path).write_text(text_format.MessageToString(config))
+
+
 def read_model_files(repo: Path) -> list[ModelFile]:
     """Every model of a repository, parsed where it parses (nothing raises for a bad config)."""
     models = []
@@ -101,4 +113,5 @@ __all__ = [
     "parse_config",
     "read_config",
     "read_model_files",
+    "set_parameters",
 ]

@@ -70,13 +70,16 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 if TYPE_CHECKING:
+    from trtbuild.runtime import fused as _fused
     from trtbuild.runtime import parallel as _parallel
     from trtbuild.runtime import requests as _requests
 else:
     try:  # a rendered repository: copied next to this file by trtbuild repo
+        import _trtbuild_fused as _fused
         import _trtbuild_parallel as _parallel
         import _trtbuild_requests as _requests
     except ImportError:
+        from trtbuild.runtime import fused as _fused
         from trtbuild.runtime import parallel as _parallel
         from trtbuild.runtime import requests as _requests
 
@@ -179,6 +182,29 @@ class Event:
     token_ns: int = 0  # time.monotonic_ns() of the newest token (0: none yet)
 
 
+def merge_events(events: list[Event]) -> list[Event]:
+    """``events`` (in the order they were made) with each request's consecutive events made one:
+    tokens and log probs joined, the rest from the newest. A consumer that fell behind sends one
+    response per request for what waited, instead of one per token, and nothing waits longer."""
+    merged: dict[int, Event] = {}
+    for ev in events:
+        key = id(ev.request)
+        first = merged.get(key)
+        if first is None:
+            merged[key] = ev
+            continue
+        merged[key] = Event(
+            ev.request,
+            [*first.tokens, *ev.tokens],
+            [*first.log_probs, *ev.log_probs],
+            ev.finished,
+            ev.error,
+            ev.kv_tokens,
+            ev.token_ns or first.token_ns,
+        )
+    return list(merged.values())
+
+
 @dataclasses.dataclass(eq=False)
 class Request:
     prompt: list[int]
@@ -250,10 +276,15 @@ class Engine:
         compile_decode: bool = False,
         model: Any = None,
         group: _parallel.RankGroup | None = None,
+        fused_layers: bool | None = None,
     ) -> None:
         """``kv_cache``: ``auto``, ``slots`` or ``dynamic`` (see the module docstring).
         ``compile_decode``: fuse the slot layout's decode step with ``torch.compile`` (dynamic
         shapes: one compilation for every bucket), compiled at ``warmup``.
+        ``fused_layers``: the slot layout runs ``_trtbuild_fused``'s decoder layers (merged
+        q/k/v and gate/up matrix multiplies; on CUDA with Triton, the elementwise chains compiled
+        into one kernel each). ``None``: on CUDA, for the models it supports; ``True`` asks for it
+        anywhere (CPU: eager, for tests) and refuses a model it cannot rewrite.
         ``model``: an already loaded causal LM to serve instead of loading ``model_dir``.
         ``group``: this rank's tensor-parallel group (``model_dir`` is then this rank's shard):
         rank 0 serves and broadcasts each step, the others run ``follow`` (see
@@ -316,8 +347,10 @@ class Engine:
         self.compile_seconds = 0.0
         self._graph_pool: Any = None
         self.cuda_graphs = bool(cuda_graphs) and self.device.type == "cuda"
+        self.fused_layers = False
         if self.kv_layout == "slots":
             self._setup_slots(spare=compile_decode)
+            self._fuse_layers(fused_layers, compile=not compile_decode)
             if compile_decode:
                 self._forward = _dynamic_rows(torch.compile(self._decode_forward))
         elif getattr(self.model.config, "_attn_implementation", None) == SLOT_ATTENTION:
@@ -868,6 +901,19 @@ class Engine:
         pinned = dev.type == "cuda"
         self._host_packed = torch.zeros((2, slots), dtype=torch.long, pin_memory=pinned)
 
+    def _fuse_layers(self, wanted: bool | None, compile: bool) -> None:
+        assert self.slots is not None
+        reason = _fused.unsupported(self.model)
+        if wanted is None:
+            wanted = self.device.type == "cuda" and reason is None
+        if not wanted:
+            return
+        if reason is not None:
+            raise ValueError(f"fused_layers cannot serve this model: {reason}")
+        compile = compile and self.device.type == "cuda" and _triton_available()
+        _fused.fuse(self.model, _slot_attention, compile=compile)
+        self.slots.fused_layers = self.fused_layers = True
+
     def _kv_slots(self) -> int:
         """How many ``max_seq_len`` sequences the KV budget holds (at most ``max_batch_size``)."""
         lim = self.limits
@@ -1245,6 +1291,7 @@ class _SlotCache:
 
     # transformers' Cache protocol, as far as the supported models use it
     is_compileable = False
+    fused_layers = False  # the engine rewrote the model's layers for this cache (_trtbuild_fused)
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
         return 0
@@ -1341,6 +1388,12 @@ def _dynamic_rows(compiled: Callable[..., torch.Tensor]) -> Callable[..., torch.
         return compiled(*tensors)
 
     return call
+
+
+def _triton_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("triton") is not None
 
 
 def _slots_unsupported(model: Any, max_seq_len: int) -> str | None:

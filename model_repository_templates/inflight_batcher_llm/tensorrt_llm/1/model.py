@@ -37,8 +37,12 @@ import sys
 import threading
 import time
 
-import numpy as np
-import triton_python_backend_utils as pb_utils
+# before torch starts CUDA: growable segments instead of one per odd-sized request (prefills of
+# every width and count would otherwise leave GPU memory reserved that the plan does not count)
+os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
+
+import numpy as np  # noqa: E402
+import triton_python_backend_utils as pb_utils  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -51,6 +55,7 @@ from _trtbuild_engine import (  # noqa: E402
     Request,
     Sampling,
     kv_blocks,
+    merge_events,
 )
 from _trtbuild_parallel import RANK_DIR, RankGroup, launched_rank  # noqa: E402
 from _trtbuild_requests import CoreLimits, InvalidInput, flag, parse_core  # noqa: E402
@@ -58,6 +63,7 @@ from _trtbuild_requests import CoreLimits, InvalidInput, flag, parse_core  # noq
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
 CANCEL_POLL_S = 0.05
 SENDER_THREADS = 4  # default of the sender_threads parameter
+DRAIN_MAX = 4096  # events a sender takes from its outbox at once (then merges per request)
 EXIT_FLUSH_S = 5.0  # after the engine thread died: time to deliver the error responses, then exit
 PERF_OUTPUTS = (
     "kv_cache_alloc_new_blocks", "kv_cache_reused_blocks", "kv_cache_alloc_total_blocks",
@@ -78,6 +84,11 @@ def _error(message, code_name="INVALID_ARG"):
 
 def _param_flag(value):
     return str(value).strip().lower() in ("1", "true", "yes")
+
+
+def _auto_flag(value):
+    """``auto`` (or empty): None, the engine decides; else a flag."""
+    return None if str(value).strip().lower() in ("", "auto") else _param_flag(value)
 
 
 def _instance_placement(args, config, params, local_ranks=1, local_rank=0):
@@ -129,6 +140,7 @@ class TritonPythonModel:
         config = json.loads(args["model_config"])
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         self.decoupled = pb_utils.using_decoupled_model_transaction_policy(config)
+        self._all_outputs = frozenset(o["name"] for o in config.get("output", []))
         self.default_exclude = _param_flag(params.get("exclude_input_in_output", "true"))
         self.skip_special = _param_flag(params.get("skip_special_tokens", "true"))
         limits = EngineLimits(
@@ -165,6 +177,7 @@ class TritonPythonModel:
             on_fatal=self._engine_died,
             kv_cache=params.get("kv_cache", "auto"),
             cuda_graphs=_param_flag(params.get("cuda_graphs", "true")),
+            fused_layers=_auto_flag(params.get("fused_layers", "auto")),
         )
         if group is not None and not group.leader:
             # like TensorRT-LLM's ranks above 0, this one never finishes loading: it follows rank
@@ -208,6 +221,8 @@ class TritonPythonModel:
         senders = max(1, int(params.get("sender_threads", str(SENDER_THREADS))))
         self._outboxes = [queue.SimpleQueue() for _ in range(senders)]
         self._replies_seen = 0
+        # merge_responses false: one streaming response per decode step, however far behind
+        self._merge = _param_flag(params.get("merge_responses", "true"))
         self._active = {}  # id(_Reply) -> _Reply, for cancellation polling
         self._by_request_id = {}  # Triton request id -> _Reply, for `stop` requests
         self._lock = threading.Lock()
@@ -219,9 +234,6 @@ class TritonPythonModel:
             "model_instance": args.get("model_instance_name", ""),
         }
         self._metrics = self._make_metrics(self.engine.limits.max_batch_size)
-        interval_us = int(params.get("gil_switch_interval_us", "0"))
-        if interval_us > 0:  # how long the decode thread may wait for the GIL a sender holds
-            sys.setswitchinterval(interval_us / 1e6)
         self._senders = [
             threading.Thread(
                 target=self._send_loop, args=(i,), name=f"trtbuild-sender-{i}", daemon=True
@@ -233,7 +245,8 @@ class TritonPythonModel:
         pb_utils.Logger.log_info(
             f"trtbuild portable runtime ready: device={self.engine.device} dtype={self.engine.dtype} "
             f"max_batch_size={self.engine.limits.max_batch_size} max_seq_len={limits.max_seq_len} "
-            f"kv_cache={self.engine.kv_layout} cuda_graphs={len(self.engine.graphs)}"
+            f"kv_cache={self.engine.kv_layout} cuda_graphs={len(self.engine.graphs)} "
+            f"fused_layers={self.engine.fused_layers}"
         )
 
     # -- requests -------------------------------------------------------------------------------
@@ -323,8 +336,14 @@ class TritonPythonModel:
         reply.stream = parsed.streaming
         reply.batched = len(parsed.rows) > 1
         reply.requested = frozenset(request.requested_output_names())  # empty: all outputs
-        # output_text is trtbuild's extension: computed only for callers that ask (the ensemble)
-        reply.want_text = self.text is not None and "output_text" in reply.requested
+        # output_text is trtbuild's extension: computed only for callers that name it (the
+        # ensemble, the BLS); a client that names no output gets every output from Triton,
+        # and TensorRT-LLM's contract (ids) without paying for detokenizing each response
+        reply.want_text = (
+            self.text is not None
+            and "output_text" in reply.requested
+            and reply.requested != self._all_outputs
+        )
         # an ensemble that takes text from output_text does not ask for the ids: skip building them
         reply.want_ids = not reply.requested or bool(
             reply.requested & {"output_ids", "sequence_length"}
@@ -400,19 +419,20 @@ class TritonPythonModel:
         outbox = self._outboxes[index]
         last_scan = time.monotonic()
         while self._running:
+            waiting = []
             try:
-                event = outbox.get(timeout=CANCEL_POLL_S)
+                waiting.append(outbox.get(timeout=CANCEL_POLL_S))
+                while len(waiting) < DRAIN_MAX:
+                    waiting.append(outbox.get_nowait())
             except queue.Empty:
-                event = None
-            while event is not None:
+                pass
+            # what waited for this sender goes out as one response per request (several tokens
+            # each when the sender fell behind the engine), so it never falls further behind
+            for event in merge_events(waiting) if self._merge else waiting:
                 try:
                     self._respond(event)
                 except Exception as exc:  # noqa: BLE001 - one bad response must not stop the loop
                     pb_utils.Logger.log_error(f"trtbuild: failed to send a response: {exc}")
-                try:
-                    event = outbox.get_nowait()
-                except queue.Empty:
-                    event = None
             now = time.monotonic()
             if index == 0 and now - last_scan >= CANCEL_POLL_S:
                 last_scan = now

@@ -1,0 +1,144 @@
+"""trtbuild.runtime.fused: the slot layout's fused decoder layers (tests/runtime/test_engine.py
+also runs every engine test with them: the "fused" layout)."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from tests.conftest import Reference
+from trtbuild.runtime import fused
+from trtbuild.runtime.engine import Engine, EngineLimits, Event, Request
+
+LIMITS = EngineLimits(max_batch_size=4, max_seq_len=128)
+PROMPTS = [[1, 5, 9, 200], [1] + list(range(30, 70)), [7, 7, 7]]
+
+
+def _load(tiny_model: Path) -> Any:
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
+
+
+def _greedy_all(engine: Engine, n: int = 12) -> list[list[int]]:
+    results: dict[int, list[int]] = {}
+    done = [threading.Event() for _ in PROMPTS]
+
+    def on(i: int) -> Any:
+        def on_event(ev: Event) -> None:
+            results.setdefault(i, []).extend(ev.tokens)
+            if ev.finished:
+                done[i].set()
+
+        return on_event
+
+    engine.submit_many(
+        [
+            Request(prompt=p, max_new_tokens=n, on_event=on(i), end_id=-1)
+            for i, p in enumerate(PROMPTS)
+        ]
+    )
+    for d in done:
+        assert d.wait(60)
+    return [results[i] for i in range(len(PROMPTS))]
+
+
+def test_the_fused_layers_run_and_generate_what_transformers_generates(
+    tiny_model: Path, reference: Reference, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = {"norm": 0, "add_norm": 0, "rotary": 0, "silu_mul": 0}
+    for name in calls:
+        original = getattr(fused, {"norm": "rms_norm", "add_norm": "add_rms_norm"}.get(name, name))
+
+        def counted(*args: Any, _name: str = name, _fn: Any = original) -> Any:
+            calls[_name] += 1
+            return _fn(*args)
+
+        monkeypatch.setattr(
+            fused, {"norm": "rms_norm", "add_norm": "add_rms_norm"}.get(name, name), counted
+        )
+    eng = Engine("", model=_load(tiny_model), limits=LIMITS, fused_layers=True).start()
+    try:
+        got = _greedy_all(eng)
+    finally:
+        eng.stop()
+    assert got == [reference.greedy(p, 12) for p in PROMPTS]
+    layers = eng.model.config.num_hidden_layers
+    assert all(count >= layers for count in calls.values()), calls  # every layer, every kernel
+
+
+def test_merged_weights_are_views_so_memory_does_not_grow(tiny_model: Path) -> None:
+    model = _load(tiny_model)
+    before = sum(p.numel() for p in model.parameters())
+    fused.fuse(model, lambda *a, **k: None, compile=False)
+    layer = model.get_decoder().layers[0]
+    f = getattr(layer, fused.FUSED_ATTR)
+    attn, mlp = layer.self_attn, layer.mlp
+    storage = f.qkv_weight.untyped_storage().data_ptr()
+    for m in (attn.q_proj, attn.k_proj, attn.v_proj):
+        assert m.weight.untyped_storage().data_ptr() == storage
+    assert mlp.up_proj.weight.untyped_storage().data_ptr() == (
+        f.gate_up_weight.untyped_storage().data_ptr()
+    )
+    assert torch.equal(f.gate_up_weight[mlp.gate_proj.out_features :], mlp.up_proj.weight)
+    assert sum(p.numel() for p in model.parameters()) == before
+
+
+def test_a_fused_model_served_by_the_dynamic_layout_runs_transformers_forward(
+    tiny_model: Path, reference: Reference
+) -> None:
+    model = _load(tiny_model)
+    Engine("", model=model, limits=LIMITS, fused_layers=True)  # rewrites the layers in place
+    eng = Engine("", model=model, limits=LIMITS, kv_cache="dynamic").start()
+    try:
+        assert eng.kv_layout == "dynamic" and not eng.fused_layers
+        assert _greedy_all(eng) == [reference.greedy(p, 12) for p in PROMPTS]
+    finally:
+        eng.stop()
+
+
+def test_a_model_it_cannot_rewrite_is_refused_when_asked_and_left_alone_on_auto(
+    tiny_model: Path,
+) -> None:
+    model = _load(tiny_model)
+    model.config.hidden_act = "gelu"
+    assert fused.unsupported(model) == "hidden_act 'gelu' (fused: silu)"
+    with pytest.raises(ValueError, match=r"^fused_layers cannot serve this model: hidden_act"):
+        Engine("", model=model, limits=LIMITS, fused_layers=True)
+    assert not Engine("", model=model, limits=LIMITS).fused_layers  # auto: CPU does not fuse
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")  # torch's own
+def test_the_compiled_kernels_compute_what_the_eager_ones_do() -> None:
+    """torch.compile (inductor; on CPU here, Triton on CUDA) of each elementwise chain, with
+    dynamic shapes: two batch sizes, one compilation each, no fallback to eager."""
+    kernels = fused.Kernels(compile=True)
+    gen = torch.Generator().manual_seed(0)
+    weight = torch.rand(64, generator=gen) + 0.5
+    for rows in (3, 5):
+        x = torch.randn(rows, 1, 64, generator=gen)
+        res = torch.randn(rows, 1, 64, generator=gen)
+        q, k = (
+            torch.randn(rows, 4, 1, 16, generator=gen),
+            torch.randn(rows, 2, 1, 16, generator=gen),
+        )
+        cos, sin = torch.randn(rows, 1, 16, generator=gen), torch.randn(rows, 1, 16, generator=gen)
+        gate_up = torch.randn(rows, 1, 128, generator=gen)
+        torch.testing.assert_close(kernels.norm(x, weight, 1e-5), fused.rms_norm(x, weight, 1e-5))
+        for a, b in zip(
+            kernels.add_norm(x, res, weight, 1e-5),
+            fused.add_rms_norm(x, res, weight, 1e-5),
+            strict=True,
+        ):
+            torch.testing.assert_close(a, b)
+        for a, b in zip(kernels.rotary(q, k, cos, sin), fused.rotary(q, k, cos, sin), strict=True):
+            torch.testing.assert_close(a, b)
+        torch.testing.assert_close(kernels.silu_mul(gate_up), fused.silu_mul(gate_up))
+    for name in ("norm", "add_norm", "rotary", "silu_mul"):
+        wrapper = getattr(kernels, name)
+        assert wrapper.fn is not wrapper.eager, f"{name} fell back to eager"
+    assert kernels.status() == dict.fromkeys(("norm", "add_norm", "rotary", "silu_mul"), "compiled")

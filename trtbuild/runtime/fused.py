@@ -1,0 +1,238 @@
+"""Fused decoder layers for the slot layout of trtbuild's portable runtime (Llama family).
+
+This module is copied verbatim next to the Triton ``model.py`` (as ``_trtbuild_fused.py``), so it
+imports only torch.
+
+A transformers Llama decoder layer runs ~44 kernels per token step (RMSNorm alone is 7: cast,
+square, mean, add, rsqrt, multiply, scale), and in a CUDA-graph-captured decode step each kernel
+still costs a few microseconds however little it does (docs/perf/h200.md measured ~1,420 kernels
+and ~3.4 ms of them per step). ``fuse`` rewrites each layer of a loaded model in place:
+
+- q/k/v become one matrix multiply and gate/up another: their weights are concatenated once
+  (the original modules keep views of the merged weight, so memory does not grow, and transformers'
+  own forward still works on them);
+- the elementwise chains become one kernel each, through ``torch.compile`` (dynamic shapes, one
+  compilation for every batch and length) where ``compile`` is asked (CUDA with Triton): RMSNorm,
+  the residual add fused with the next RMSNorm, the rotary embedding of q and k, SiLU(gate) x up.
+  Elsewhere they run eagerly, the same arithmetic in the same order as transformers'.
+
+A fused layer takes this path only when the cache it is given says so (``cache.fused_layers``),
+so the same model object served by a dynamic-layout engine, or by an engine that did not fuse,
+runs transformers' forward unchanged. o_proj and down_proj stay modules, so forward hooks on
+them (the tensor-parallel all-reduce) still run.
+"""
+
+from __future__ import annotations
+
+import logging
+import types
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+log = logging.getLogger("trtbuild.runtime")
+
+FUSED_ATTR = "_trtbuild_fused"
+
+
+# -- the arithmetic (transformers' Llama, op for op) ------------------------------------------------
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    dtype = x.dtype
+    h = x.to(torch.float32)
+    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * h.to(dtype)
+
+
+def add_rms_norm(
+    x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(RMSNorm(residual + x), residual + x): the residual add fused with the next norm."""
+    total = residual + x
+    return rms_norm(total, weight, eps), total
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def rotary(
+    q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+    return (q * cos) + (_rotate_half(q) * sin), (k * cos) + (_rotate_half(k) * sin)
+
+
+def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
+    gate, up = gate_up.chunk(2, dim=-1)
+    return F.silu(gate) * up
+
+
+class Kernels:
+    """The four elementwise functions, compiled (``torch.compile``, dynamic shapes) or eager. A
+    compiled function that fails on its first call (warm-up, before any CUDA graph is captured)
+    is replaced by the eager one, with a warning."""
+
+    def __init__(self, compile: bool) -> None:
+        self.compiled = compile
+        for name, fn in (
+            ("norm", rms_norm),
+            ("add_norm", add_rms_norm),
+            ("rotary", rotary),
+            ("silu_mul", silu_mul),
+        ):
+            setattr(self, name, _FirstCallFallback(name, fn, compile))
+
+    def status(self) -> dict[str, str]:
+        """Each function: ``compiled``, ``eager`` (not asked, or it fell back) or ``pending``
+        (compiled, not called yet)."""
+        out = {}
+        for name in ("norm", "add_norm", "rotary", "silu_mul"):
+            w: _FirstCallFallback = getattr(self, name)
+            out[name] = "eager" if w.fn is w.eager else ("compiled" if w.proven else "pending")
+        return out
+
+    norm: Callable[..., torch.Tensor]
+    add_norm: Callable[..., tuple[torch.Tensor, torch.Tensor]]
+    rotary: Callable[..., tuple[torch.Tensor, torch.Tensor]]
+    silu_mul: Callable[..., torch.Tensor]
+
+
+class _FirstCallFallback:
+    def __init__(self, name: str, fn: Callable[..., Any], compile: bool) -> None:
+        self.name, self.eager = name, fn
+        self.fn = torch.compile(fn, dynamic=True, fullgraph=True) if compile else fn
+        self.proven = not compile
+
+    def __call__(self, *args: Any) -> Any:
+        if self.proven:
+            return self.fn(*args)
+        try:
+            out = self.fn(*args)
+        except Exception as exc:  # noqa: BLE001 - the eager function computes the same
+            log.warning(
+                "trtbuild: torch.compile of %s failed (%s: %s); running it eagerly",
+                self.name, type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "",
+            )  # fmt: skip
+            self.fn = self.eager
+            out = self.fn(*args)
+        self.proven = True
+        return out
+
+
+# -- rewriting a model ------------------------------------------------------------------------------
+class _Fused:
+    """One layer's merged weights and what its forward needs."""
+
+    def __init__(self, layer: Any, kernels: Kernels) -> None:
+        attn, mlp = layer.self_attn, layer.mlp
+        self.kernels = kernels
+        self.qkv_weight, self.qkv_bias = _merge([attn.q_proj, attn.k_proj, attn.v_proj])
+        self.splits = [attn.q_proj.out_features, attn.k_proj.out_features, attn.v_proj.out_features]
+        self.gate_up_weight, self.gate_up_bias = _merge([mlp.gate_proj, mlp.up_proj])
+        self.head_dim = int(attn.head_dim)
+        self.eps_in = float(layer.input_layernorm.variance_epsilon)
+        self.eps_post = float(layer.post_attention_layernorm.variance_epsilon)
+        self.qk_norm = hasattr(attn, "q_norm")  # Qwen3: RMSNorm of each head of q and k
+
+
+def _merge(linears: list[Any]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One weight (and bias) for ``linears`` (same input); each module keeps a view of its rows."""
+    weight = torch.cat([m.weight.data for m in linears])
+    bias = None
+    if linears[0].bias is not None:
+        bias = torch.cat([m.bias.data for m in linears])
+    start = 0
+    for m in linears:
+        rows = m.weight.shape[0]
+        m.weight.data = weight[start : start + rows]
+        if bias is not None:
+            m.bias.data = bias[start : start + rows]
+        start += rows
+    return weight, bias
+
+
+def unsupported(model: Any) -> str | None:
+    """Why ``fuse`` cannot rewrite ``model``'s layers (None: it can)."""
+    try:
+        layers = model.get_decoder().layers
+    except AttributeError:
+        return "the model has no decoder layers"
+    for layer in layers:
+        attn, mlp = getattr(layer, "self_attn", None), getattr(layer, "mlp", None)
+        if attn is None or mlp is None:
+            return f"{type(layer).__name__} has no self_attn/mlp"
+        for module, names in (
+            (attn, ("q_proj", "k_proj", "v_proj", "o_proj")),
+            (mlp, ("gate_proj", "up_proj", "down_proj")),
+        ):
+            if not all(isinstance(getattr(module, n, None), torch.nn.Linear) for n in names):
+                return f"{type(module).__name__} is not the Llama layout"
+        for norm in ("input_layernorm", "post_attention_layernorm"):
+            if not hasattr(getattr(layer, norm, None), "variance_epsilon"):
+                return f"{type(layer).__name__}.{norm} is not an RMSNorm"
+        if getattr(model.config, "hidden_act", "silu") != "silu":
+            return f"hidden_act {model.config.hidden_act!r} (fused: silu)"
+    return None
+
+
+def fuse(model: Any, attention: Callable[..., Any], *, compile: bool) -> None:
+    """Rewrite every decoder layer of ``model`` in place (see the module docstring); ``attention``
+    is the slot layout's attention function (transformers' attention-interface signature)."""
+    reason = unsupported(model)
+    if reason is not None:
+        raise ValueError(f"cannot fuse this model's layers: {reason}")
+    kernels = Kernels(compile)
+    for layer in model.get_decoder().layers:
+        if getattr(layer, FUSED_ATTR, None) is None:
+            setattr(layer, FUSED_ATTR, _Fused(layer, kernels))
+        else:
+            getattr(layer, FUSED_ATTR).kernels = kernels
+        layer.forward = types.MethodType(_layer_forward, layer)
+        layer._trtbuild_attention = attention
+
+
+def _layer_forward(
+    self: Any,
+    hidden_states: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    position_ids: torch.Tensor | None = None,
+    past_key_values: Any = None,
+    use_cache: bool | None = False,
+    position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
+    **kwargs: Any,
+) -> torch.Tensor:
+    if not getattr(past_key_values, "fused_layers", False):  # not ours: transformers' forward
+        return type(self).forward(
+            self,
+            hidden_states,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            use_cache=use_cache,
+            position_embeddings=position_embeddings,
+            **kwargs,
+        )
+    f: _Fused = getattr(self, FUSED_ATTR)
+    k = f.kernels
+    attn = self.self_attn
+    b, t, _ = hidden_states.shape
+    h = k.norm(hidden_states, self.input_layernorm.weight, f.eps_in)
+    q, key, value = F.linear(h, f.qkv_weight, f.qkv_bias).split(f.splits, dim=-1)
+    q = q.view(b, t, -1, f.head_dim)
+    key = key.view(b, t, -1, f.head_dim)
+    if f.qk_norm:
+        q, key = attn.q_norm(q), attn.k_norm(key)
+    q, key = q.transpose(1, 2), key.transpose(1, 2)
+    value = value.view(b, t, -1, f.head_dim).transpose(1, 2)
+    assert position_embeddings is not None
+    cos, sin = position_embeddings
+    q, key = k.rotary(q, key, cos, sin)
+    key, value = past_key_values.update(key, value, attn.layer_idx)
+    out, _ = self._trtbuild_attention(attn, q, key, value, attention_mask, scaling=attn.scaling)
+    h = attn.o_proj(out.reshape(b, t, -1))
+    h, residual = k.add_norm(h, hidden_states, self.post_attention_layernorm.weight, f.eps_post)
+    gate_up = F.linear(h, f.gate_up_weight, f.gate_up_bias)
+    return residual + self.mlp.down_proj(k.silu_mul(gate_up))
