@@ -628,10 +628,15 @@ def _variant(senders: int, fused: str, merge: bool = True) -> dict[str, str]:
 # 1 sender with transformers' layers, 1 sender with fused layers, 4 senders with fused layers,
 # and 4 senders with the GIL switch interval at 0.5 ms (sys.setswitchinterval, tried and dropped:
 # no gain); docs/perf/h200.md has the numbers
+# second call of round 2: "4 senders, fused, merged responses (the defaults)" _variant(4, "auto"),
+# "4 senders, fused, one response per step" _variant(4, "auto", merge=False), "1 sender, fused,
+# merged responses" _variant(1, "auto"); this one: 4 against 2 senders, each twice (run to run
+# variation at c=64 was 5,180-6,053 tok/s for one configuration)
 SERVED_VARIANTS = {
-    "4 senders, fused, merged responses (the defaults)": _variant(4, "auto"),
-    "4 senders, fused, one response per step": _variant(4, "auto", merge=False),
-    "1 sender, fused, merged responses": _variant(1, "auto"),
+    "4 senders (the defaults), run 1": _variant(4, "auto"),
+    "2 senders, run 1": _variant(2, "auto"),
+    "4 senders (the defaults), run 2": _variant(4, "auto"),
+    "2 senders, run 2": _variant(2, "auto"),
 }
 
 
