@@ -296,3 +296,40 @@ def test_killing_the_server_mid_run_gives_a_partial_result_and_exit_1(
     assert levels[1].metrics is None and levels[1].error
     assert levels[2].metrics is None and "not measured" in (levels[2].error or "")
     assert "[PARTIAL]" in rest
+
+
+def test_an_empty_export_is_measured_again_and_said(
+    served: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """perf_analyzer 2.51 has exited 0 with a 0-byte profile export (seen on a loaded 2-core
+    machine); a stand-in that runs the real one and then empties its first export shows the
+    level measured once more, the results complete, and the notes saying so."""
+    import trtbuild.perf as perf
+    from trtbuild.perf_analyzer import PerfAnalyzer, find_perf_analyzer
+
+    real = find_perf_analyzer()
+    marker = tmp_path / "emptied"
+    fake = tmp_path / "fake_perf_analyzer"
+    fake.write_text(
+        "#!/usr/bin/env bash\n"
+        f'"{real.binary}" "$@"; code=$?\n'
+        'export_file=""; prev=""\n'
+        'for arg in "$@"; do [ "$prev" = --profile-export-file ] && export_file="$arg"; prev="$arg"; done\n'
+        f'if [ -n "$export_file" ] && [ ! -e "{marker}" ]; then : > "$export_file"; touch "{marker}"; fi\n'
+        "exit $code\n"
+    )
+    fake.chmod(0o755)
+    monkeypatch.setattr(perf, "find_perf_analyzer", lambda: PerfAnalyzer(fake, real.env))
+    code, table = run_main(
+        [
+            "perf", "--url", served.grpc_url, "--metrics-url", served.metrics_url,
+            "--model", "tensorrt_llm", "--concurrency", "1", *SHORT, "--out", str(tmp_path / "run"),
+        ]
+    )  # fmt: skip
+    assert code == 0, table
+    assert marker.exists()  # the first export really was emptied
+    results = PerfResults.read(tmp_path / "run")
+    assert not results.partial
+    ((_, lvl),) = results.levels()
+    assert lvl.metrics is not None and lvl.error is None
+    assert any("wrote an empty profile export; measured again" in n for n in results.notes)
