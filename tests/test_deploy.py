@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.goldens import check_golden
 from tests.repo_fakes import write_llama3_tokenizer, write_trtllm_engine
 from trtbuild.builder.manifest import ServingHost
 from trtbuild.cli import main
@@ -421,7 +422,7 @@ def test_golden_slurm_script(
     assert bash is not None
     subprocess.run([bash, "-n", str(out)], check=True)  # it parses
     text = out.read_text().replace(str(root), ROOT)
-    _golden(GOLDEN / "slurm" / f"{case}.sbatch", text, update_golden)
+    check_golden(GOLDEN / "slurm" / f"{case}.sbatch", text, update_golden)
 
 
 def test_slurm_refuses_nodes_that_do_not_hold_whole_replicas(
@@ -436,14 +437,6 @@ def test_slurm_refuses_nodes_that_do_not_hold_whole_replicas(
 
 
 # -- goldens -----------------------------------------------------------------------------------------
-def _golden(path: Path, text: str, update: bool) -> None:
-    if update:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-    assert path.is_file(), f"{path} missing; run `make golden`"
-    assert text == path.read_text(), f"{path.name} changed; review, then run `make golden`"
-
-
 @pytest.mark.parametrize("case", CASES)
 def test_golden_manifests(rendered: dict[str, Any], case: str, update_golden: bool) -> None:
     root, _, k8s = rendered[case]
@@ -453,5 +446,5 @@ def test_golden_manifests(rendered: dict[str, Any], case: str, update_golden: bo
         shutil.rmtree(golden)
     for name in names:
         text = (k8s / name).read_text().replace(str(root), ROOT)
-        _golden(golden / name, text, update_golden)
+        check_golden(golden / name, text, update_golden)
     assert sorted(p.name for p in golden.iterdir()) == names

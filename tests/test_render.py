@@ -9,6 +9,7 @@ import jinja2
 import pytest
 from google.protobuf import text_format
 
+from tests.goldens import check_golden_tree
 from trtbuild.errors import OutputExists
 from trtbuild.render import (
     SPEC_FILE,
@@ -154,15 +155,7 @@ def test_golden_portable_repository(tmp_path: Path, update_golden: bool) -> None
     rendered = {
         p.relative_to(repo).as_posix(): p.read_text() for p in sorted(repo.rglob("config.pbtxt"))
     }
-    if update_golden:
-        for rel, text in rendered.items():
-            (GOLDEN / "torch" / rel).parent.mkdir(parents=True, exist_ok=True)
-            (GOLDEN / "torch" / rel).write_text(text)
-    expected = {
-        p.relative_to(GOLDEN / "torch").as_posix(): p.read_text()
-        for p in sorted((GOLDEN / "torch").rglob("config.pbtxt"))
-    }
-    assert rendered == expected, "rendered configs changed; review, then run `make golden`"
+    check_golden_tree(GOLDEN / "torch", rendered, update_golden, "config.pbtxt")
 
 
 def test_set_parameters_changes_only_what_it_names(tmp_path: Path) -> None:

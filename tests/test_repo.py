@@ -12,6 +12,7 @@ import yaml
 from click.testing import CliRunner
 
 from tests.builder.builder_fakes import trtbuild_main
+from tests.goldens import check_golden_tree
 from tests.repo_fakes import (
     LLAMA3_EOS,
     LLAMA3_EOT,
@@ -98,17 +99,7 @@ def test_golden_repo(
     repo = render_repository(spec, tmp_path / "repo")
     files = [*repo.rglob("config.pbtxt"), *repo.rglob("model.yaml"), repo / SPEC_FILE]
     rendered = {p.relative_to(repo).as_posix(): p.read_text() for p in sorted(files)}
-    golden = GOLDEN / flavor / case
-    if update_golden:
-        for rel, text in rendered.items():
-            (golden / rel).parent.mkdir(parents=True, exist_ok=True)
-            (golden / rel).write_text(text)
-    expected = {
-        p.relative_to(golden).as_posix(): p.read_text()
-        for p in sorted(golden.rglob("*"))
-        if p.is_file()
-    }
-    assert rendered == expected, "rendered repository changed; review, then run `make golden`"
+    check_golden_tree(GOLDEN / flavor / case, rendered, update_golden, "*")
     assert load_configs(repo)  # and every config parses
 
 

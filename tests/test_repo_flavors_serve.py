@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from tests.goldens import check_golden
 from tests.repo_fakes import copy_tokenizer, write_llama3_tokenizer, write_trtllm_engine
 from trtbuild.builder.manifest import ServingHost
 from trtbuild.render import render_repository
@@ -238,11 +239,7 @@ LAUNCHES = {
 def test_golden_serve_argv(case: str, update_golden: bool) -> None:
     argv, env = launch_argv(SERVE, INSTALL, LAUNCHES[case], mpirun="mpirun")
     text = "".join(f"{k}={v}\n" for k, v in sorted(env.items())) + "\n".join(argv) + "\n"
-    path = GOLDEN / f"{case}.txt"
-    if update_golden:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-    assert text == path.read_text(), "launch command changed; review, then run `make golden`"
+    check_golden(GOLDEN / f"{case}.txt", text, update_golden)
 
 
 def test_leader_mode_gives_each_rank_its_shm_prefix_and_loads_only_the_core_on_workers() -> None:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.goldens import check_golden
 from tests.repo_fakes import write_hf_checkpoint, write_llama3_tokenizer, write_trtllm_engine
 from trtbuild.builder.manifest import ServingHost
 from trtbuild.cli import main
@@ -236,11 +237,7 @@ def test_golden_launch_argv(
     serve = SERVE.model_copy(update={"rendezvous_port": 29517})
     argv, env = launch_argv(serve, INSTALL, launch, mpirun_args=LAUNCH_CASES[case])
     text = "".join(f"{k}={v}\n" for k, v in sorted(env.items())) + "\n".join(argv) + "\n"
-    path = GOLDEN / f"{case}.txt"
-    if update_golden:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-    assert text == path.read_text(), "launch command changed; review, then run `make golden`"
+    check_golden(GOLDEN / f"{case}.txt", text, update_golden)
     ranks = argv.count(":") + 1 if launch.mode == "leader" else 1
     assert ranks == (launch.world_size if launch.mode == "leader" else 1)
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.goldens import check_golden
 from trtbuild import proc
 from trtbuild.builder.checkpoint import read_checkpoint
 from trtbuild.builder.commands import DISPLAY_TOOLS, plan_phases
@@ -55,12 +56,7 @@ def test_golden_plan(
     llama_8b: Path, name: str, options: dict[str, object], update_golden: bool
 ) -> None:
     text = render(llama_8b, options)
-    path = GOLDEN / f"{name}.txt"
-    if update_golden:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-    assert path.is_file(), f"missing {path}; run make golden"
-    assert text == path.read_text()
+    check_golden(GOLDEN / f"{name}.txt", text, update_golden)
 
 
 def test_one_convert_process_per_rank_then_one_build(llama_8b: Path) -> None:
