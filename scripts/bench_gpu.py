@@ -36,6 +36,7 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -836,6 +837,22 @@ def plot(results: Path, out: Path, roofline: dict[int, float]) -> None:
     out.write_text("\n".join(parts) + "\n")
 
 
+# each phase: what it needs ("model": the 8B-shaped bf16 model in this process; "served": that
+# model saved for a server and none here; "own": nothing) and how it runs
+PHASES: dict[str, tuple[str, Callable[[argparse.Namespace, Any], dict[str, Any]]]] = {
+    "env": ("own", lambda args, model: phase_env(args)),
+    "parity": ("own", lambda args, model: phase_parity(args)),
+    "parity_tiny": ("own", lambda args, model: phase_parity(args, tiny_only=True)),
+    "engine": ("model", phase_engine),
+    "engine64": ("model", phase_engine64),
+    "ab": ("model", phase_ab),
+    "fused_ab": ("model", phase_fused_ab),
+    "served": ("served", lambda args, model: phase_served(args)),
+    "served_ab": ("served", lambda args, model: phase_served_ab(args)),
+    "parity8b32": ("own", lambda args, model: phase_parity8b32(args)),
+}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, required=True)
@@ -868,35 +885,17 @@ def main() -> int:
     for phase in phases:
         log("phase", phase)
         try:
-            if phase in ("engine", "ab", "fused_ab", "engine64") and model is None:
+            if phase not in PHASES:
+                raise ValueError(f"unknown phase {phase}; phases: {', '.join(PHASES)}")
+            kind, run = PHASES[phase]
+            if kind == "model" and model is None:
                 model = random_model(LLAMA3_8B, torch.bfloat16)
-            if phase in ("served", "served_ab"):
+            if kind == "served":
                 save_model(args, model)
                 model = None  # the server loads its own copy; this process keeps no weights
                 gc.collect()
                 torch.cuda.empty_cache()
-            if phase == "env":
-                result = phase_env(args)
-            elif phase == "parity":
-                result = phase_parity(args)
-            elif phase == "parity_tiny":
-                result = phase_parity(args, tiny_only=True)
-            elif phase == "engine":
-                result = phase_engine(args, model)
-            elif phase == "ab":
-                result = phase_ab(args, model)
-            elif phase == "served":
-                result = phase_served(args)
-            elif phase == "served_ab":
-                result = phase_served_ab(args)
-            elif phase == "engine64":
-                result = phase_engine64(args, model)
-            elif phase == "fused_ab":
-                result = phase_fused_ab(args, model)
-            elif phase == "parity8b32":
-                result = phase_parity8b32(args)
-            else:
-                raise ValueError(f"unknown phase {phase}")
+            result = run(args, model)
         except Exception as exc:  # noqa: BLE001 - later phases still run
             status = 1
             result = {

@@ -76,7 +76,6 @@ class Kernels:
     is replaced by the eager one, with a warning."""
 
     def __init__(self, compile: bool) -> None:
-        self.compiled = compile
         for name, fn in (
             ("norm", rms_norm),
             ("add_norm", add_rms_norm),
