@@ -578,11 +578,7 @@ class Engine:
                     self._prefill_hidden(base, width, prompts)
                 elif op == _parallel.OP_DECODE:
                     n, batch, length = args[:3]
-                    tok, pos = args[3 : 3 + batch], args[3 + batch : 3 + 2 * batch]
-                    for i in range(batch):
-                        self.slots.touch(i, pos[i] + 1 if i < n else 1)
-                    self._ids[:batch].copy_(torch.tensor(tok, dtype=torch.long))
-                    self._positions[:batch].copy_(torch.tensor(pos, dtype=torch.long))
+                    self._load_step(n, args[3 : 3 + batch], args[3 + batch : 3 + 2 * batch])
                     self.slots.decoding = True
                     try:
                         self._decode_hidden(
@@ -1038,8 +1034,6 @@ class Engine:
             n = len(self._rows)
             batch = next(b for b in self.batch_buckets if b >= n)
             length = next(x for x in self.length_buckets if x > max(self._pos))
-            for i in range(batch):
-                self.slots.touch(i, self._pos[i] + 1 if i < n else 1)
             try:
                 top, finite = self._run_decode(n, batch, length)
                 logits = self._out_logits[:n]
@@ -1067,8 +1061,7 @@ class Engine:
         tok, pos = self._tok + [0] * pad, self._pos + [0] * pad
         if self._group is not None:
             self._group.send(_parallel.OP_DECODE, [n, batch, length, *tok, *pos])
-        self._ids[:batch].copy_(torch.tensor(tok, dtype=torch.long))
-        self._positions[:batch].copy_(torch.tensor(pos, dtype=torch.long))
+        self._load_step(n, tok, pos)
         graph = self.graphs.get((batch, length))
         if graph is not None:
             graph.replay()
@@ -1078,6 +1071,16 @@ class Engine:
         self._wait_for_device()
         packed = self._host_packed[:, :n].tolist()
         return packed[0], packed[1]
+
+    def _load_step(self, n: int, tok: list[int], pos: list[int]) -> None:
+        """A decode step's inputs for rows ``0..n-1`` (and padding rows to ``len(tok)``): each
+        row's slot holds its next position (padding rows write position 0 of theirs)."""
+        assert self.slots is not None
+        batch = len(tok)
+        for i in range(batch):
+            self.slots.touch(i, pos[i] + 1 if i < n else 1)
+        self._ids[:batch].copy_(torch.tensor(tok, dtype=torch.long))
+        self._positions[:batch].copy_(torch.tensor(pos, dtype=torch.long))
 
     def _wait_for_device(self) -> None:
         """Wait for the GPU without holding the GIL (the sender thread runs meanwhile)."""
