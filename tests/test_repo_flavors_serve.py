@@ -237,7 +237,7 @@ LAUNCHES = {
 
 @pytest.mark.parametrize("case", sorted(LAUNCHES))
 def test_golden_serve_argv(case: str, update_golden: bool) -> None:
-    argv, env = launch_argv(SERVE, INSTALL, LAUNCHES[case], mpirun="mpirun")
+    argv, env = launch_argv(SERVE, INSTALL, LAUNCHES[case])
     text = "".join(f"{k}={v}\n" for k, v in sorted(env.items())) + "\n".join(argv) + "\n"
     check_golden(GOLDEN / f"{case}.txt", text, update_golden)
 

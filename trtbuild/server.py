@@ -52,6 +52,10 @@ from trtbuild.specs import ServeSpec
 from trtbuild.vocab import TP_ADDR_ENV, TP_PORT_ENV
 
 LOG_TAIL = 50
+# run by name, as upstream's launch script runs it: Open MPI takes an absolute path for
+# ``--prefix``, which puts that prefix's ``bin`` first on the ranks' PATH, and the stubs then run
+# the system ``python3`` instead of the one trtbuild gives them
+MPIRUN = "mpirun"
 WATCH_INTERVAL_S = 0.5  # how often the model watcher looks at the stubs
 READY_POLL_S = 2.0  # how often it asks every model's /v2/models/<name>/ready
 STUB = "triton_python_backend_stub"
@@ -309,7 +313,6 @@ def launch_argv(
     install: TritonInstall,
     launch: RepoLaunch,
     *,
-    mpirun: str = "mpirun",
     mpirun_args: Sequence[str] = (),
 ) -> tuple[list[str], dict[str, str]]:
     """The command (and extra environment) that serves ``spec.repo`` the way ``launch`` says.
@@ -326,9 +329,9 @@ def launch_argv(
             env = {"TRTLLM_ORCHESTRATOR": "1", "TRTLLM_ORCHESTRATOR_SPAWN_PROCESSES": "1"}
             argv += ["--pinned-memory-pool-byte-size=0", "--enable-peer-access=false"]
             argv += [f"--cuda-memory-pool-byte-size={gpu}:0" for gpu in launch.gpus]
-        return [mpirun, "--allow-run-as-root", *mpirun_args, "-n", "1", *argv], env
+        return [MPIRUN, "--allow-run-as-root", *mpirun_args, "-n", "1", *argv], env
     # leader mode: one tritonserver per rank; only rank 0 loads the pre/post/ensemble/BLS models
-    argv = [mpirun, "--allow-run-as-root", *mpirun_args]
+    argv = [MPIRUN, "--allow-run-as-root", *mpirun_args]
     env = {}
     if launch.portable:  # Open MPI passes these to every rank (-x: also on other hosts)
         env = {TP_ADDR_ENV: "127.0.0.1", TP_PORT_ENV: str(spec.rendezvous_port)}
@@ -352,11 +355,9 @@ def rank_argv(spec: ServeSpec, install: TritonInstall, launch: RepoLaunch, rank:
     return argv
 
 
-def _find_mpirun(launch: RepoLaunch) -> str:
-    """``mpirun``, by name as upstream's launch script runs it: Open MPI takes an absolute path
-    for ``--prefix``, which puts that prefix's ``bin`` first on the ranks' PATH, and the stubs
-    then run the system ``python3`` instead of the one trtbuild gives them."""
-    if shutil.which("mpirun") is None:
+def _require_mpirun(launch: RepoLaunch) -> None:
+    """Refuse, naming where to get it, when ``mpirun`` is not on PATH."""
+    if shutil.which(MPIRUN) is None:
         where = (
             "install Open MPI (Debian: apt-get install openmpi-bin; make setup does it as root)"
             if launch.portable
@@ -367,7 +368,6 @@ def _find_mpirun(launch: RepoLaunch) -> str:
             f"This repository needs MPI ({launch.mode} mode, world size {launch.world_size}): "
             f"{where}.",
         )
-    return "mpirun"
 
 
 # -- watching the models ------------------------------------------------------------------------
@@ -515,7 +515,7 @@ class TritonServer:
                 port = free_port()
             self.spec = self.spec.model_copy(update={"rendezvous_port": port})
         if self.launch.mode != "single" and not spec.dry_run:  # a dry run needs no MPI here
-            _find_mpirun(self.launch)
+            _require_mpirun(self.launch)
         self.argv, self.launch_env = launch_argv(self.spec, self.install, self.launch)
         self._proc: proc.Popen[bytes] | None = None
         self._watchdog: proc.Watchdog | None = None
