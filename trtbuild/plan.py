@@ -108,9 +108,6 @@ class Plan(StrictModel):
     reserve_bytes_per_rank: int = Field(description="runtime + activations + logits (estimate)")
     gpu_memory_bytes: int
     kv_cache_bytes_per_rank: int
-    gpu_memory_used_bytes_per_rank: int = Field(
-        0, description="what serving takes on the fullest GPU: weights + KV cache + reserve"
-    )
     # layout
     tp: int
     pp: int
@@ -144,6 +141,13 @@ class Plan(StrictModel):
     cost_per_million_output_tokens: float | None = Field(description="at `efficiency`")
     reasons: list[str]
     arithmetic: list[Step]
+
+    @property
+    def gpu_memory_used_bytes_per_rank(self) -> int:
+        """What serving takes on the fullest GPU: weights + KV cache + reserve."""
+        return (
+            self.weight_bytes_per_rank + self.kv_cache_bytes_per_rank + self.reserve_bytes_per_rank
+        )
 
     def serving_limits(self, **overrides: int) -> ServingLimits:
         """The serving limits for the repository and the portable runtime."""
@@ -521,7 +525,6 @@ def _build(ctx: _Ctx, lay: _Layout, layouts: list[_Layout]) -> Plan:
         reserve_bytes_per_rank=lay.reserve,
         gpu_memory_bytes=gpu.memory_bytes,
         kv_cache_bytes_per_rank=lay.kv_bytes_rank,
-        gpu_memory_used_bytes_per_rank=lay.weights_rank + lay.kv_bytes_rank + lay.reserve,
         tp=lay.tp,
         pp=lay.pp,
         replicas=lay.replicas,
