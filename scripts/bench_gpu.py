@@ -26,6 +26,7 @@ Usage: python3 scripts/bench_gpu.py --out DIR [--phases env,parity,engine,ab,ser
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import os
@@ -344,6 +345,7 @@ def parity_run(
     for t in threads:
         t.join()
     layout, graphs, fused = engine.kv_layout, len(engine.graphs), fused_kernels(engine)
+    chained = {"async_decode": engine.async_decode, "chained_steps": engine.chained_steps}
     dispose(engine)
     same = sum(g == r for g, r in zip(got, ref, strict=True))
     first = [
@@ -362,6 +364,7 @@ def parity_run(
         "cuda_graphs": graphs,
         "fused_layers": fused,
         "compile_decode": compile_decode,
+        **chained,
     }
 
 
@@ -447,7 +450,330 @@ def fused_kernels(engine: Engine) -> dict[str, str] | None:
     return getattr(engine.model.get_decoder().layers[0], FUSED_ATTR).kernels.status()
 
 
-def engine_run(model: Any, tag: str, plan: list[tuple[int, int]], **kwargs: Any) -> dict[str, Any]:
+def phase_async_ab(args: argparse.Namespace, model: Any) -> dict[str, Any]:
+    """async_decode (the next step launched before this one's tokens are handed out) against
+    the synchronous loop, same engine otherwise (fused layers, graphs)."""
+    plan = [(1, 8), (16, 64), (64, 384)]
+    return {
+        "sync": engine_run(model, "fused, sync", plan, steps=False, async_decode=False),
+        "async": engine_run(model, "fused, async_decode", plan, steps=False, async_decode=True),
+    }
+
+
+GEMM_MARKS = ("gemm", "nvjet", "cutlass", "sm90_", "sm100_", "cublas")
+
+
+def kernel_profile(engine: Engine, batch: int, length: int, graph: bool, reps: int = 5) -> dict:
+    """The GPU kernels of one decode step (torch.profiler), summed per kernel name: from the
+    captured graph's replays (``graph``) or from the eager step (same kernels, with launch gaps)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    run = (
+        engine.graphs[(batch, length)].replay
+        if graph
+        else lambda: engine._decode_body(batch, length)
+    )
+    run()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(reps):
+            run()
+        torch.cuda.synchronize()
+    rows = []
+    for item in prof.key_averages():
+        us = getattr(item, "device_time_total", None) or getattr(item, "cuda_time_total", 0)
+        if us > 0:
+            rows.append((item.key, item.count / reps, us / reps))
+    rows.sort(key=lambda r: -r[2])
+    total = sum(r[2] for r in rows)
+    gemm = sum(r[2] for r in rows if any(m in r[0].lower() for m in GEMM_MARKS))
+    return {
+        "batch": batch,
+        "length": length,
+        "from": "graph replay" if graph else "eager",
+        "kernels_per_step": round(sum(r[1] for r in rows), 1),
+        "kernel_us_per_step": round(total, 1),
+        "gemm_us_per_step": round(gemm, 1),
+        "top": [
+            {"kernel": k[:120], "calls": round(c, 1), "us": round(us, 1)} for k, c, us in rows[:30]
+        ],
+    }
+
+
+# a Llama-3-8B decoder layer's matrix multiplies (N x K) and the output head
+GEMM_SHAPES = {
+    "qkv": (6144, 4096), "o_proj": (4096, 4096), "gate_up": (28672, 4096),
+    "down": (4096, 14336), "lm_head": (128256, 4096),
+}  # fmt: skip
+
+
+def gemm_us(fn: Callable[[int], Any], copies: int, reps: int = 40) -> float:
+    """Mean microseconds of ``fn(i)`` over weight copies ``i`` (cycled so that L2 never holds
+    the next one)."""
+    for i in range(copies):
+        fn(i)
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for r in range(reps):
+        fn(r % copies)
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end) * 1e3 / reps
+
+
+def gemm_row(name: str, m: int, ws: list[torch.Tensor], bw: float) -> dict[str, Any]:
+    """One shape at ``m`` rows: microseconds of each way of running it, and floor / that."""
+    F = torch.nn.functional
+    n, k = ws[0].shape
+    copies = len(ws)
+    x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+    floor_us = n * k * 2 / bw * 1e6
+    row: dict[str, Any] = {"shape": name, "m": m, "n": n, "k": k, "floor_us": round(floor_us, 1)}
+    row["linear_us"] = gemm_us(lambda i: F.linear(x, ws[i]), copies)
+    wts = [w.t().contiguous() for w in ws]
+    row["matmul_kn_us"] = gemm_us(lambda i: x @ wts[i], copies)
+    wts.clear()
+    try:
+        torch.backends.cuda.preferred_blas_library("cublaslt")
+        row["cublaslt_us"] = gemm_us(lambda i: F.linear(x, ws[i]), copies)
+    finally:
+        torch.backends.cuda.preferred_blas_library("cublas")
+    if name == "gate_up":
+        halves = [(w[: n // 2].contiguous(), w[n // 2 :].contiguous()) for w in ws]
+        row["two_halves_us"] = gemm_us(
+            lambda i: (F.linear(x, halves[i][0]), F.linear(x, halves[i][1])), copies
+        )
+        halves.clear()
+    if name in ("gate_up", "down") and m == 64:
+        try:
+            t = time.perf_counter()
+            tuned = torch.compile(F.linear, mode="max-autotune-no-cudagraphs", dynamic=False)
+            tuned(x, ws[0])
+            row["autotune_compile_s"] = round(time.perf_counter() - t, 1)
+            row["autotuned_us"] = gemm_us(lambda i: tuned(x, ws[i]), copies)
+        except Exception as exc:  # noqa: BLE001 - the other variants still count
+            row["autotuned_error"] = f"{type(exc).__name__}: {exc}"[:300]
+    for key in [key for key in row if key.endswith("_us") and key != "floor_us"]:
+        row[key] = round(row[key], 1)
+        row[key.replace("_us", "_of_floor")] = round(floor_us / row[key], 2)
+    return row
+
+
+def phase_gemm(args: argparse.Namespace) -> dict[str, Any]:
+    """Decode-shaped matrix multiplies (M rows) in bf16, several ways: F.linear on [N, K]
+    weights (what the layers run), x @ W.T made contiguous, cuBLASLt, gate_up as two halves,
+    and inductor's autotuned GEMM (torch.compile max-autotune) for the two MLP shapes."""
+    env_file = args.out / "env.json"
+    env = json.loads(env_file.read_text()) if env_file.exists() else {}
+    bw = env.get("hbm_copy_bytes_per_s") or 4.25e12
+    out: dict[str, Any] = {"hbm_bytes_per_s": bw, "rows": []}
+    for name, (n, k) in GEMM_SHAPES.items():
+        copies = max(2, -(-200_000_000 // (n * k * 2)))
+        ws = [torch.randn(n, k, device="cuda", dtype=torch.bfloat16) * 0.02 for _ in range(copies)]
+        for m in (1, 16, 64):
+            row = gemm_row(name, m, ws, bw)
+            log("gemm", json.dumps(row))
+            out["rows"].append(row)
+        ws.clear()
+        torch.cuda.empty_cache()
+    return out
+
+
+ATTENTION_SHAPE = {"kv_heads": 8, "groups": 4, "head_dim": 128, "max_seq_len": 256}
+
+
+def phase_attention(args: argparse.Namespace) -> dict[str, Any]:
+    """One layer's decode attention (Llama-3-8B: 8 KV heads x 4 query heads, head_dim 128) over
+    L cached positions, microseconds per call for several kernels: SDPA's memory-efficient and
+    cuDNN backends on the slot layout's [slots, seq, kv_heads, d] cache (what runs), and plain
+    batched matrix multiplies (+ softmax) on a head-major [slots, kv_heads, seq, d] copy."""
+    rows = [attention_row(b, length) for b in (1, 16, 64) for length in (128, 256)]
+    return {"shape": ATTENTION_SHAPE, "rows": rows}
+
+
+def attention_row(b: int, length: int, copies: int = 8) -> dict[str, Any]:
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    F = torch.nn.functional
+    kvh, groups, d, seq = (
+        ATTENTION_SHAPE[k] for k in ("kv_heads", "groups", "head_dim", "max_seq_len")
+    )
+    caches = [
+        torch.randn(2, b, seq, kvh, d, device="cuda", dtype=torch.bfloat16) for _ in range(copies)
+    ]
+    heads_major = [c.permute(0, 1, 3, 2, 4).contiguous() for c in caches]
+    q = torch.randn(b, kvh, groups, d, device="cuda", dtype=torch.bfloat16)
+    pos = torch.randint(length // 2, length, (b,), device="cuda")
+    visible = torch.arange(length, device="cuda")[None, :] <= pos[:, None]
+    mask = torch.zeros(visible.shape, dtype=torch.bfloat16, device="cuda")
+    mask = mask.masked_fill(~visible, float("-inf"))[:, None, None, :]
+    scale = d**-0.5
+
+    def sdpa(i: int) -> Any:
+        k = caches[i][0].transpose(1, 2)[:, :, :length]
+        v = caches[i][1].transpose(1, 2)[:, :, :length]
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+
+    def bmm(i: int) -> Any:
+        k = heads_major[i][0][:, :, :length]
+        v = heads_major[i][1][:, :, :length]
+        scores = torch.matmul(q, k.transpose(-1, -2)).float() * scale + mask
+        return torch.matmul(torch.softmax(scores, dim=-1).to(q.dtype), v)
+
+    row: dict[str, Any] = {"batch": b, "length": length}
+    row["kv_floor_us"] = round(2 * b * length * kvh * d * 2 / 4.25e12 * 1e6, 2)
+    ref = None
+    for name, fn, backend in (
+        ("efficient", sdpa, SDPBackend.EFFICIENT_ATTENTION),
+        ("cudnn", sdpa, SDPBackend.CUDNN_ATTENTION),
+        ("math_sdpa", sdpa, SDPBackend.MATH),
+        ("bmm_heads_major", bmm, None),
+    ):
+        try:
+            with sdpa_kernel([backend]) if backend is not None else contextlib.nullcontext():
+                got = fn(0)
+                row[f"{name}_us"] = round(gemm_us(fn, copies), 1)
+            ref = got if ref is None else ref
+            row[f"{name}_max_diff"] = float((got.float() - ref.float()).abs().max())
+        except Exception as exc:  # noqa: BLE001 - the other kernels still count
+            row[f"{name}_error"] = f"{type(exc).__name__}: {exc}"[:200]
+    if b == 64 and length == 256:
+        try:
+            compiled = torch.compile(bmm, dynamic=False)
+            compiled(0)
+            row["bmm_compiled_us"] = round(gemm_us(compiled, copies), 1)
+        except Exception as exc:  # noqa: BLE001 - the other kernels still count
+            row["bmm_compiled_error"] = f"{type(exc).__name__}: {exc}"[:200]
+    log("attention", json.dumps(row))
+    return row
+
+
+def graph_us(fn: Callable[[int], Any], copies: int, reps: int = 16) -> float:
+    """Mean microseconds of ``fn(i)`` replayed from one CUDA graph of ``reps`` calls (no launch
+    gaps: what a captured decode step pays)."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for i in range(copies):
+            fn(i)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for r in range(reps):
+            fn(r % copies)
+    graph.replay()
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(5):
+        graph.replay()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end) * 1e3 / (5 * reps)
+
+
+def phase_flash_decode(args: argparse.Namespace) -> dict[str, Any]:
+    """Decode attention in CUDA graphs: SDPA memory-efficient on the folded query with a mask
+    (what runs) against flash attention's variable-length forward reading each slot's first
+    ``seqused_k`` positions (no mask, GQA native) and compiled flex attention (its decoding
+    kernel splits the keys; the row's length as a score_mod), on the slot layout's cache."""
+    flash = torch.ops.aten._flash_attention_forward
+    rows = [flash_row(b) for b in (1, 16, 64)]
+    return {"signature": str(getattr(flash.default, "_schema", ""))[:600], "rows": rows}
+
+
+def flash_row(b: int, copies: int = 8) -> dict[str, Any]:
+    F = torch.nn.functional
+    flash = torch.ops.aten._flash_attention_forward
+    kvh, groups, d, seq = 8, 4, 128, 256
+    heads = kvh * groups
+    caches = [
+        torch.randn(2, b, seq, kvh, d, device="cuda", dtype=torch.bfloat16) for _ in range(copies)
+    ]
+    q = torch.randn(b, heads, d, device="cuda", dtype=torch.bfloat16)
+    pos = torch.randint(seq // 2, seq - 1, (b,), device="cuda")
+    visible = torch.arange(seq, device="cuda")[None, :] <= pos[:, None]
+    mask = torch.zeros(visible.shape, dtype=torch.bfloat16, device="cuda")
+    mask = mask.masked_fill(~visible, float("-inf"))[:, None, None, :]
+    cu_q = torch.arange(b + 1, device="cuda", dtype=torch.int32)
+    cu_k = cu_q * seq
+    used = (pos + 1).to(torch.int32)
+    scale = d**-0.5
+
+    def efficient(i: int) -> Any:
+        k = caches[i][0].transpose(1, 2)
+        v = caches[i][1].transpose(1, 2)
+        folded = q.view(b, kvh, groups, d)
+        o = F.scaled_dot_product_attention(folded, k, v, attn_mask=mask, scale=scale)
+        return o.reshape(b, heads, d)
+
+    def varlen(i: int) -> Any:
+        k = caches[i][0].view(b * seq, kvh, d)
+        v = caches[i][1].view(b * seq, kvh, d)
+        return flash(q, k, v, cu_q, cu_k, 1, seq, 0.0, False, False, scale=scale, seqused_k=used)[0]
+
+    def flex(i: int) -> Any:
+        k = caches[i][0].transpose(1, 2)
+        v = caches[i][1].transpose(1, 2)
+        o = flex_compiled(
+            q.view(b, heads, 1, d), k, v, score_mod=visible_mod, enable_gqa=True, scale=scale
+        )
+        return o.reshape(b, heads, d)
+
+    def visible_mod(score: Any, batch: Any, head: Any, q_idx: Any, kv_idx: Any) -> Any:
+        return torch.where(kv_idx <= pos[batch], score, -float("inf"))
+
+    from torch.nn.attention.flex_attention import flex_attention
+
+    flex_compiled = torch.compile(flex_attention, dynamic=False)
+    row: dict[str, Any] = {"batch": b, "length": seq}
+    ref = efficient(0)
+    for name, fn in (("efficient", efficient), ("flash_varlen", varlen), ("flex", flex)):
+        try:
+            got = fn(0)
+            row[f"{name}_max_diff"] = float((got.float() - ref.float()).abs().max())
+            row[f"{name}_graph_us"] = round(graph_us(fn, copies), 1)
+        except Exception as exc:  # noqa: BLE001 - the other kernel still counts
+            row[f"{name}_error"] = f"{type(exc).__name__}: {exc}"[:300]
+    log("flash_decode", json.dumps(row))
+    caches.clear()
+    return row
+
+
+def phase_kernels(args: argparse.Namespace, model: Any) -> dict[str, Any]:
+    """Where a decode step's GPU time goes: its kernels at batch 1 and 64 (L 256)."""
+    engine = make_engine(model).start()
+    engine.warmup()
+    out: dict[str, Any] = {}
+
+    def measure() -> None:
+        engine._ids.zero_()
+        engine._positions.zero_()
+        assert engine.slots is not None
+        for i in range(engine.slots.num_slots):
+            engine.slots.touch(i, 1)
+        for batch in (1, 64):
+            for graph in (True, False):
+                key = f"b{batch}_{'graph' if graph else 'eager'}"
+                try:
+                    out[key] = kernel_profile(engine, batch, 256, graph)
+                except Exception as exc:  # noqa: BLE001 - the other profiles still run
+                    out[key] = {"error": f"{type(exc).__name__}: {exc}"}
+                log("kernels", key, json.dumps(out[key])[:600])
+        out["graph_b64_L256_ms"] = graph_step_ms(engine, 64, 256)
+        out["graph_b1_L256_ms"] = graph_step_ms(engine, 1, 256)
+
+    engine._on_engine_thread(measure)
+    dispose(engine)
+    return out
+
+
+def engine_run(
+    model: Any, tag: str, plan: list[tuple[int, int]], steps: bool = True, **kwargs: Any
+) -> dict[str, Any]:
+    """One engine: warm-up, the GPU time of its graph steps and prefills (``steps``), then the
+    closed loops of ``plan`` (concurrency, requests)."""
     vocab = model.config.vocab_size
     torch.cuda.reset_peak_memory_stats()
     t = time.perf_counter()
@@ -465,7 +791,7 @@ def engine_run(model: Any, tag: str, plan: list[tuple[int, int]], **kwargs: Any)
         "reserved_after_warmup": torch.cuda.memory_reserved(),
         "nvidia_smi_used_mib_after_warmup": gpu_memory_used_mib(),
     }
-    steps: dict[str, Any] = {}
+    step_ms: dict[str, Any] = {}
     prefills = {}
 
     def measure() -> None:
@@ -475,13 +801,14 @@ def engine_run(model: Any, tag: str, plan: list[tuple[int, int]], **kwargs: Any)
         for i in range(engine.slots.num_slots):
             engine.slots.touch(i, 1)
         for batch in (1, 16, 64):
-            steps[f"graph_b{batch}_L256_ms"] = graph_step_ms(engine, batch, 256)
+            step_ms[f"graph_b{batch}_L256_ms"] = graph_step_ms(engine, batch, 256)
         for k in (1, 16, 32):
             prefills[f"prefill_{k}x{PROMPT}_ms"] = prefill_ms(engine, k, PROMPT, vocab)
-        steps["eager_b64_L256_ms"] = eager_step_ms(engine, 64, 256)
-        steps["eager_b1_L256_ms"] = eager_step_ms(engine, 1, 256)
+        step_ms["eager_b64_L256_ms"] = eager_step_ms(engine, 64, 256)
+        step_ms["eager_b1_L256_ms"] = eager_step_ms(engine, 1, 256)
 
-    engine._on_engine_thread(measure)
+    if steps:
+        engine._on_engine_thread(measure)
     loops = run_loops(engine, vocab, plan, tag)
     memory["peak_reserved"] = torch.cuda.max_memory_reserved()
     memory["peak_allocated"] = torch.cuda.max_memory_allocated()
@@ -497,7 +824,10 @@ def engine_run(model: Any, tag: str, plan: list[tuple[int, int]], **kwargs: Any)
         "batch_buckets": engine.batch_buckets,
         "length_buckets": engine.length_buckets,
         "memory": memory,
-        "step_gpu_ms": steps,
+        "async_decode": engine.async_decode,
+        "decode_steps": engine.steps,
+        "chained_steps": engine.chained_steps,
+        "step_gpu_ms": step_ms,
         "prefill": prefills,
         "loops": loops,
     }
@@ -520,15 +850,46 @@ def phase_ab(args: argparse.Namespace, model: Any) -> dict[str, Any]:
 
 
 # -- served -----------------------------------------------------------------------------------------
+def iterations(metrics_url: str | None) -> int | None:
+    """The served engine's decode steps so far: TensorRT-LLM's iteration counter gauge, which
+    the portable runtime updates every cancellation poll."""
+    if not metrics_url:
+        return None
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(metrics_url, timeout=5) as response:  # noqa: S310 - loopback
+            text = response.read().decode()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith("nv_trt_llm_general_metrics{") and "iteration_counter" in line:
+            return int(float(line.rsplit(" ", 1)[1]))
+    return None
+
+
 def served_loop(
-    url: str, model: str, concurrency: int, requests: int, prompts: list[Any]
+    url: str,
+    model: str,
+    concurrency: int,
+    requests: int,
+    prompts: list[Any],
+    metrics_url: str | None = None,
 ) -> dict[str, Any]:
-    """The closed loop of streaming gRPC clients (scripts/_grpc_load.py), in this file's keys."""
+    """The closed loop of streaming gRPC clients (scripts/_grpc_load.py), in this file's keys
+    (with ``metrics_url``, also the decode steps the engine ran meanwhile)."""
+    steps0 = iterations(metrics_url)
     records = _grpc_load.closed_loop(
         url, model, concurrency, max(1, requests // concurrency), prompts, OUTPUT
     )
     found = _grpc_load.summarize(records)
+    time.sleep(0.3)  # the gauge is refreshed every cancellation poll
+    steps1 = iterations(metrics_url)
+    steps = steps1 - steps0 if steps0 is not None and steps1 is not None else None
+    seconds = found.get("seconds")
     return {
+        "decode_steps": steps,
+        "wall_per_step_ms": round(seconds / steps * 1e3, 2) if steps and seconds else None,
         "target": model,
         "concurrency": concurrency,
         "requests": found["requests"],
@@ -617,11 +978,15 @@ def served_repo(args: argparse.Namespace) -> Any:
 
 # the served A/B: tensorrt_llm parameters per variant (the last is what a rendered repository
 # gets by default)
-def _variant(senders: int, fused: str, merge: bool = True) -> dict[str, str]:
+def _variant(
+    senders: int, fused: str, merge: bool = True, async_decode: str = "auto", wait_ms: int = 0
+) -> dict[str, str]:
     return {
         "sender_threads": str(senders),
         "fused_layers": fused,
         "merge_responses": str(merge).lower(),
+        "async_decode": async_decode,
+        "admission_wait_ms": str(wait_ms),
     }
 
 
@@ -631,13 +996,18 @@ def _variant(senders: int, fused: str, merge: bool = True) -> dict[str, str]:
 # no gain); docs/perf/h200.md has the numbers
 # second call of round 2: "4 senders, fused, merged responses (the defaults)" _variant(4, "auto"),
 # "4 senders, fused, one response per step" _variant(4, "auto", merge=False), "1 sender, fused,
-# merged responses" _variant(1, "auto"); this one: 4 against 2 senders, each twice (run to run
-# variation at c=64 was 5,180-6,053 tok/s for one configuration)
+# merged responses" _variant(1, "auto"); call 4: 4 against 2 senders, each twice (run to run
+# variation at c=64 was 5,180-6,053 tok/s for one configuration): "4 senders" _variant(4, "auto"),
+# "2 senders" _variant(2, "auto"), both with what async_decode "false" now asks for.
+# Round 3, first call: async_decode against round 2's synchronous loop, and the sender count
+# again with it: "2 senders, synchronous (round 2's defaults)" _variant(2, "auto",
+# async_decode="false"), "2 senders, async_decode (the defaults)" _variant(2, "auto"), "1 sender,
+# async_decode" _variant(1, "auto"), "4 senders, async_decode" _variant(4, "auto").
+# Second call: the admission wait (and the served phase's defaults beside it)
 SERVED_VARIANTS = {
-    "4 senders (the defaults), run 1": _variant(4, "auto"),
-    "2 senders, run 1": _variant(2, "auto"),
-    "4 senders (the defaults), run 2": _variant(4, "auto"),
-    "2 senders, run 2": _variant(2, "auto"),
+    "2 senders, async_decode (the defaults)": _variant(2, "auto"),
+    "2 senders, async_decode, admission_wait_ms 10, run 1": _variant(2, "auto", wait_ms=10),
+    "2 senders, async_decode, admission_wait_ms 10, run 2": _variant(2, "auto", wait_ms=10),
 }
 
 
@@ -691,7 +1061,12 @@ def phase_served_ab(args: argparse.Namespace) -> dict[str, Any]:
                         )
                         spy.start()
                     loop = served_loop(
-                        server.grpc_url, "tensorrt_llm", concurrency, requests, id_prompts
+                        server.grpc_url,
+                        "tensorrt_llm",
+                        concurrency,
+                        requests,
+                        id_prompts,
+                        server.metrics_url,
                     )
                     if spy is not None:
                         spy.join()
@@ -766,7 +1141,9 @@ def phase_served(args: argparse.Namespace) -> dict[str, Any]:
         ):
             prompts = id_prompts if kind == "core" else texts
             served_loop(server.grpc_url, target, concurrency, concurrency, prompts)  # warm-up
-            result = served_loop(server.grpc_url, target, concurrency, requests, prompts)
+            result = served_loop(
+                server.grpc_url, target, concurrency, requests, prompts, server.metrics_url
+            )
             log("served", json.dumps(result))
             loops.append(result)
         out["loops"] = loops
@@ -782,15 +1159,18 @@ def plot(results: Path, out: Path, roofline: dict[int, float]) -> None:
     """An SVG bar chart of output tok/s by concurrency, one bar per variant, from the phases'
     JSON in ``results`` (no plotting library needed)."""
     series: dict[str, dict[int, float]] = {}
-    for name in ("ab.json", "engine.json", "served.json"):
+    for name in ("ab.json", "engine.json", "async_ab.json", "served.json"):
         path = results / name
         if not path.is_file():
             continue
-        for loop in json.loads(path.read_text()).get("loops", []):
+        data = json.loads(path.read_text())
+        # a phase's own loops, or (an A/B phase) the loops of each of its runs
+        runs = [data] if "loops" in data else [r for r in data.values() if isinstance(r, dict)]
+        for loop in (loop for run in runs for loop in run.get("loops", [])):
             label = loop.get("variant") or f"served {loop['target']}"
             if label == "slots+graphs":
                 label = "in process: slots + CUDA graphs"
-            elif label.endswith("eager"):
+            elif label.endswith("eager") or label.startswith("fused"):
                 label = f"in process: {label}"
             series.setdefault(label, {})[loop["concurrency"]] = loop["tokens_per_s"]
     levels = sorted({c for s in series.values() for c in s})
@@ -847,6 +1227,11 @@ PHASES: dict[str, tuple[str, Callable[[argparse.Namespace, Any], dict[str, Any]]
     "engine64": ("model", phase_engine64),
     "ab": ("model", phase_ab),
     "fused_ab": ("model", phase_fused_ab),
+    "async_ab": ("model", phase_async_ab),
+    "kernels": ("model", phase_kernels),
+    "gemm": ("own", lambda args, model: phase_gemm(args)),
+    "attention": ("own", lambda args, model: phase_attention(args)),
+    "flash_decode": ("own", lambda args, model: phase_flash_decode(args)),
     "served": ("served", lambda args, model: phase_served(args)),
     "served_ab": ("served", lambda args, model: phase_served_ab(args)),
     "parity8b32": ("own", lambda args, model: phase_parity8b32(args)),

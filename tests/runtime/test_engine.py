@@ -29,14 +29,18 @@ from trtbuild.runtime.engine import (
     merge_events,
 )
 
-# "fused": the slot layout with trtbuild.runtime.fused's layers (eager on CPU; CUDA compiles them)
-LAYOUTS = ["slots", "fused", "dynamic"]
+# "fused": the slot layout with trtbuild.runtime.fused's layers (eager on CPU; CUDA compiles them);
+# "async": the slot layout launching each decode step before the last one's tokens are handed out
+# (on by default on CUDA only)
+LAYOUTS = ["slots", "fused", "async", "dynamic"]
 
 
 def layout_kwargs(layout: str) -> dict[str, object]:
     if layout == "fused":
-        return {"kv_cache": "slots", "fused_layers": True}
-    return {"kv_cache": layout, "fused_layers": False}
+        return {"kv_cache": "slots", "fused_layers": True, "async_decode": False}
+    if layout == "async":
+        return {"kv_cache": "slots", "fused_layers": False, "async_decode": True}
+    return {"kv_cache": layout, "fused_layers": False, "async_decode": False}
 
 
 @pytest.fixture(scope="module", params=LAYOUTS)
@@ -549,6 +553,85 @@ def test_a_reused_slot_is_zeroed_past_the_new_prompt(
         assert run.error is None and run.tokens == reference.greedy([1, 33, 44, 55], 24)
     finally:
         eng.stop()
+
+
+def _started_slot_engine(tiny_model: Path, max_seq_len: int, **kwargs: object) -> Engine:
+    """A started slot-layout engine of 4 rows (transformers' layers) with ``kwargs``."""
+    limits = EngineLimits(max_batch_size=4, max_seq_len=max_seq_len, max_num_tokens=256)
+    return Engine(
+        str(tiny_model),
+        limits=limits,
+        kv_cache="slots",
+        fused_layers=False,
+        **kwargs,  # type: ignore[arg-type]
+    ).start()
+
+
+def test_async_decode_chains_steps_and_hands_out_exactly_each_rows_tokens(
+    tiny_model: Path, reference: Reference
+) -> None:
+    """Steps launched on the last one's device argmax: rows that end at different steps (one
+    at max_seq_len: its extra step writes the last position of its own slot), a request that
+    arrives while steps chain, a slot reused after an extra step, and one that samples (which
+    stops the chaining) all get exactly generate's tokens."""
+    eng = _started_slot_engine(tiny_model, 64, async_decode=True)
+    try:
+        prompts = [[1] + [(i * 13 + j * 7) % 1700 + 7 for j in range(3 + 5 * i)] for i in range(4)]
+        lengths = [2, 40, 11, 64 - len(prompts[3])]
+        runs = [Run(eng, p, n, end_id=-1) for p, n in zip(prompts, lengths, strict=True)]
+        while not runs[1].events:
+            time.sleep(0.001)
+        late = [1, 99, 98, 97, 96]
+        joined = Run(eng, late, 20, end_id=-1)
+        sampled = Run(eng, [1, 5, 6, 7], 6, end_id=-1, sampling=Sampling(top_k=5, seed=3))
+        for run, prompt, n in zip(runs, prompts, lengths, strict=True):
+            assert run.wait().tokens == reference.greedy(prompt, n)
+            assert run.events[-1].finished == FINISH_LENGTH
+        assert joined.wait().tokens == reference.greedy(late, 20)
+        assert sampled.wait().error is None and len(sampled.tokens) == 6
+        assert eng.chained_steps > 0 and eng.steps > eng.chained_steps
+        reused = Run(eng, [1, 42, 43], 30, end_id=-1).wait()
+        assert reused.tokens == reference.greedy([1, 42, 43], 30)
+        assert not eng._inflight
+    finally:
+        eng.stop()
+
+
+@pytest.mark.parametrize("async_decode", [False, True])
+def test_admission_wait_lets_a_burst_join_in_one_prefill(
+    tiny_model: Path, reference: Reference, async_decode: bool
+) -> None:
+    """While rows decode, a lone arrival waits out admission_wait_ms; arrivals that fill every
+    free row join at once, in one prefill; the outputs stay exact."""
+    eng = _started_slot_engine(tiny_model, 256, async_decode=async_decode, admission_wait_ms=400)
+    try:
+        running = Run(eng, [1, 9, 8, 7], 200, end_id=-1)
+        while not running.events:
+            time.sleep(0.001)
+        lone = Run(eng, [1, 5, 6], 4, end_id=-1)
+        assert lone.wait().tokens == reference.greedy([1, 5, 6], 4)
+        waited = lone.request.scheduled_ns / 1e9 - _perf_to_monotonic(lone.request.submitted_at)
+        assert waited >= 0.35, f"joined after {waited:.3f} s, not after the 0.4 s wait"
+        while eng.active != 1:  # the lone row has left: three rows are free
+            time.sleep(0.001)
+        before = eng.prefills
+        burst = [Run(eng, [1, 40 + i, 41 + i], 6, end_id=-1) for i in range(3)]  # 3 free rows
+        for run, i in zip(burst, range(3), strict=True):
+            assert run.wait().tokens == reference.greedy([1, 40 + i, 41 + i], 6)
+        assert eng.prefills - before == 1 and len({r.request.scheduled_ns for r in burst}) == 1
+        assert running.wait().tokens == reference.greedy([1, 9, 8, 7], 200)
+    finally:
+        eng.stop()
+
+
+def _perf_to_monotonic(perf_s: float) -> float:
+    """A time.perf_counter() reading on time.monotonic()'s clock (seconds)."""
+    return perf_s + (time.monotonic() - time.perf_counter())
+
+
+def test_async_decode_is_on_by_default_only_on_cuda(tiny_model: Path) -> None:
+    eng = Engine(str(tiny_model), limits=EngineLimits(max_batch_size=2, max_seq_len=64))
+    assert eng.async_decode is (eng.device.type == "cuda")
 
 
 def test_the_kv_budget_in_tokens_caps_the_batch(tiny_model: Path, reference: Reference) -> None:

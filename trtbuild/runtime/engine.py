@@ -35,7 +35,12 @@ sliding window, Qwen2, Qwen3), dynamic otherwise.
   serving, so the GPU never waits on Python launches and no request pays for a new shape (cuDNN
   attention, which plans every new shape, is switched off for the process). ``compile_decode``
   (opt-in) also fuses the step with ``torch.compile``. The engine waits for the GPU with the GIL
-  released, so the caller's sender thread runs meanwhile.
+  released, so the caller's sender thread runs meanwhile. With ``async_decode`` (on CUDA by
+  default) the next step is launched before this one's tokens are handed out, fed this step's
+  argmax on the device, so the host's work between steps runs while the GPU decodes: rows that
+  ended at a step get one more step computed and thrown away, and rows join or leave only when
+  the steps in flight are drained (a row ending, a request waiting for a free row, a row that
+  samples or wants log probs).
 - ``dynamic`` (any causal LM): a request is prefilled on its own, then its transformers
   ``DynamicCache`` is left-padded into the running batch; finished rows are dropped and KV columns
   that are padding in every row are trimmed.
@@ -246,6 +251,18 @@ class Request:
         )
 
 
+@dataclasses.dataclass(eq=False)
+class _Step:
+    """A launched decode step: its rows (as they were at launch), where its argmax lands on the
+    host, the event after that copy (CUDA), and the positions it fed."""
+
+    rows: list[Request]
+    n: int
+    host: torch.Tensor
+    event: Any
+    pos: list[int]
+
+
 @dataclasses.dataclass(frozen=True)
 class EngineLimits:
     max_batch_size: int = 64
@@ -277,6 +294,8 @@ class Engine:
         model: Any = None,
         group: _parallel.RankGroup | None = None,
         fused_layers: bool | None = None,
+        async_decode: bool | None = None,
+        admission_wait_ms: float = 0.0,
     ) -> None:
         """``kv_cache``: ``auto``, ``slots`` or ``dynamic`` (see the module docstring).
         ``compile_decode``: fuse the slot layout's decode step with ``torch.compile`` (dynamic
@@ -285,6 +304,14 @@ class Engine:
         q/k/v and gate/up matrix multiplies; on CUDA with Triton, the elementwise chains compiled
         into one kernel each). ``None``: on CUDA, for the models it supports; ``True`` asks for it
         anywhere (CPU: eager, for tests) and refuses a model it cannot rewrite.
+        ``async_decode``: the slot layout launches the next decode step before handing out this
+        one's tokens, feeding it this step's argmax on the device, so that the host's work
+        between steps overlaps the GPU's (greedy rows only; see ``_may_chain``). ``None``: on
+        CUDA; a rank group never (its followers need each step's tokens on the host).
+        ``admission_wait_ms``: while rows decode, requests that could join wait up to this
+        long for others to arrive (unless they would fill every free row), so that a burst is
+        prefilled together instead of one small prefill per arrival (a prefill of a few short
+        prompts costs about as much as one). 0: each joins at the next step.
         ``model``: an already loaded causal LM to serve instead of loading ``model_dir``.
         ``group``: this rank's tensor-parallel group (``model_dir`` is then this rank's shard):
         rank 0 serves and broadcasts each step, the others run ``follow`` (see
@@ -343,11 +370,21 @@ class Engine:
         self._tok: list[int] = []  # [rows] last sampled token (slot layout)
         self._pos: list[int] = []  # [rows] position of the next token to feed (slot layout)
         self.graphs: dict[tuple[int, int], Any] = {}  # (batch bucket, L bucket) -> CUDAGraph
+        # launched decode steps whose tokens are not handed out yet, oldest first
+        self._inflight: collections.deque[_Step] = collections.deque()
+        self._flip = 0  # which host buffer the next step's argmax goes to
+        self.chained_steps = 0  # decode steps launched fed on the device (async_decode)
+        self.prefills = 0  # prefill forwards (a batched one counts once)
+        self.prefilled = 0  # requests they prefilled
+        self.admission_wait_s = max(0.0, float(admission_wait_ms)) / 1e3
         self._forward: Callable[..., torch.Tensor] = self._decode_forward  # or its compiled self
         self.compile_seconds = 0.0
         self._graph_pool: Any = None
         self.cuda_graphs = bool(cuda_graphs) and self.device.type == "cuda"
         self.fused_layers = False
+        if async_decode is None:
+            async_decode = self.device.type == "cuda"
+        self.async_decode = bool(async_decode) and self._group is None
         if self.kv_layout == "slots":
             self._setup_slots(spare=compile_decode)
             self._fuse_layers(fused_layers, compile=not compile_decode)
@@ -524,8 +561,10 @@ class Engine:
                             break  # idle for a heartbeat's time: tell the followers
                     if self._stop:
                         break
-                    tasks, self._tasks = self._tasks, []
-                    self._admitting = self._admit_locked()
+                    tasks = []
+                    if not self._inflight:  # rows join and tasks run between steps only
+                        tasks, self._tasks = self._tasks, []
+                        self._admitting = self._admit_locked()
                 if self._group is not None and not (tasks or self._admitting or self._rows):
                     self._group.send(_parallel.OP_NOOP, [])
                     continue
@@ -611,13 +650,25 @@ class Engine:
         self._rows, self._admitting = [], []
         self._cache, self._mask, self._next_pos, self._last = None, None, None, None
         self._tok, self._pos = [], []
+        self._inflight.clear()
         with self._cv:
             tasks, self._tasks = self._tasks, []
         for task in tasks:  # a warm-up waiting on this thread: let it go
             task.abandon(message)
 
+    def _admission_due(self) -> bool:
+        """Whether waiting requests join now: when nothing decodes, when they would fill every
+        free row, or when the oldest has waited ``admission_wait_ms``."""
+        if not self._queue or not self._rows or self.admission_wait_s <= 0:
+            return True
+        if len(self._queue) >= self.limits.max_batch_size - len(self._rows):
+            return True
+        return time.perf_counter() - self._queue[0].submitted_at >= self.admission_wait_s
+
     def _admit_locked(self) -> list[Request]:
         admitted: list[Request] = []
+        if not self._admission_due():
+            return admitted
         budget = self.limits.max_num_tokens
         free = self.limits.max_batch_size - len(self._rows)
         now = time.monotonic_ns()
@@ -763,6 +814,8 @@ class Engine:
         self._drop_finished()
 
     def _drop_finished(self) -> None:
+        if self._inflight:
+            return  # a launched step still holds these rows' slots; the next drain drops them
         for r in self._rows:
             if r.cancelled and r.finish_reason is None:
                 self._finish(r, FINISH_CANCELLED)
@@ -895,7 +948,10 @@ class Engine:
         self._out_logits = torch.zeros((slots, self.vocab_size), dtype=torch.float32, device=dev)
         self._out_packed = torch.zeros((2, slots), dtype=torch.long, device=dev)  # argmax, finite
         pinned = dev.type == "cuda"
-        self._host_packed = torch.zeros((2, slots), dtype=torch.long, pin_memory=pinned)
+        # two: with async_decode one step's argmax is copied while the last one's is read
+        self._host_packed = [
+            torch.zeros((2, slots), dtype=torch.long, pin_memory=pinned) for _ in range(2)
+        ]
 
     def _fuse_layers(self, wanted: bool | None, compile: bool) -> None:
         assert self.slots is not None
@@ -995,6 +1051,8 @@ class Engine:
         logits after each prompt's last token, ``[len(group), vocab]`` float32."""
         k, width = len(group), self._width(max(len(r.prompt) for r in group))
         base = self._prefill_base = len(self._rows)
+        self.prefills += 1
+        self.prefilled += k
         prompts = [r.prompt for r in group]
         if self._group is not None:
             lengths = [len(p) for p in prompts]
@@ -1029,48 +1087,107 @@ class Engine:
         return hidden
 
     def _decode_step_slots(self) -> None:
+        """Hand out one decode step's tokens (with ``async_decode``, launching the next step
+        first); a step that raises is retried without the newest row."""
         assert self.slots is not None
         while self._rows:
-            n = len(self._rows)
-            batch = next(b for b in self.batch_buckets if b >= n)
-            length = next(x for x in self.length_buckets if x > max(self._pos))
             try:
-                top, finite = self._run_decode(n, batch, length)
-                logits = self._out_logits[:n]
-                tokens, lps, errors = self._sample(logits, self._rows, (top, finite))
+                if not self._inflight:
+                    self._inflight.append(self._launch(chained=False))
+                if self._may_chain():
+                    self._inflight.append(self._launch(chained=True))
+                step = self._inflight[0]
+                argmax = self._collect(step)
+                tokens, lps, errors = self._sample(self._out_logits[: step.n], step.rows, argmax)
             except Exception as exc:  # noqa: BLE001 - retry the step without the newest row
                 if self._group is not None:
                     raise  # the followers ran (part of) it: the ranks no longer agree
+                self._rewind()
                 self._drop_newest(exc)
                 continue
-            self._pos = [p + 1 for p in self._pos]
+            self._inflight.popleft()
             self.steps += 1
             now = time.monotonic_ns()
-            for i, req in enumerate(list(self._rows)):
+            for i, req in enumerate(step.rows):
+                if req.finish_reason is not None:
+                    continue  # it ended at the step before, after this one was launched
                 if errors[i] is not None:
                     self._finish(req, FINISH_ERROR, errors[i])
                     continue
                 req.kv_tokens += 1
                 self._emit(i, req, tokens[i], lps[i], now)
-            return
+            if not self._inflight or self._may_chain():
+                return
+            # a row ended, wants something async_decode cannot give, or a request or task
+            # waits: hand out the step in flight too, so rows leave and join between steps
 
-    def _run_decode(self, n: int, batch: int, length: int) -> tuple[list[int], list[int]]:
-        """One decode step for rows ``0..n-1`` in bucket (``batch``, ``length``): the argmax
-        and finiteness per row (logits are left in ``_out_logits``)."""
-        pad = batch - n
-        tok, pos = self._tok + [0] * pad, self._pos + [0] * pad
-        if self._group is not None:
-            self._group.send(_parallel.OP_DECODE, [n, batch, length, *tok, *pos])
-        self._load_step(n, tok, pos)
+    def _may_chain(self) -> bool:
+        """Whether the next step can be launched now, fed the in-flight step's argmax on the
+        device: every row greedy with nothing applied to its logits and no log probs (the
+        argmax is its token), no row ended or cancelled, nothing waiting to join a free row or
+        to run on this thread, and each row's next position inside its slot."""
+        if not self.async_decode or len(self._inflight) != 1 or self._tasks or self._stop:
+            return False
+        if self._queue and len(self._rows) < self.limits.max_batch_size and self._admission_due():
+            return False
+        assert self.slots is not None
+        return max(self._pos) < self.slots.seq and all(
+            r.finish_reason is None and not r.cancelled and not r.return_log_probs and r._simple()
+            for r in self._rows
+        )
+
+    def _launch(self, chained: bool) -> _Step:
+        """Launch one decode step for rows ``0..n-1`` at positions ``_pos``: fed ``_tok``, or
+        (``chained``) the argmax of the step launched before it, without waiting for it."""
+        assert self.slots is not None
+        n, pos = len(self._rows), self._pos
+        batch = next(b for b in self.batch_buckets if b >= n)
+        length = next(x for x in self.length_buckets if x > max(pos))
+        if chained:
+            for i in range(n):
+                self.slots.touch(i, pos[i] + 1)
+            self._ids[:n].copy_(self._out_packed[0, :n])
+            self._positions[:n].add_(1)  # padding rows stay at position 0
+            self.chained_steps += 1
+        else:
+            pad = batch - n
+            tok, padded = self._tok + [0] * pad, pos + [0] * pad
+            if self._group is not None:
+                self._group.send(_parallel.OP_DECODE, [n, batch, length, *tok, *padded])
+            self._load_step(n, tok, padded)
         graph = self.graphs.get((batch, length))
         if graph is not None:
             graph.replay()
         else:
             self._decode_body(batch, length)
-        self._host_packed[:, :n].copy_(self._out_packed[:, :n], non_blocking=True)
-        self._wait_for_device()
-        packed = self._host_packed[:, :n].tolist()
+        host = self._host_packed[self._flip]
+        self._flip ^= 1
+        host[:, :n].copy_(self._out_packed[:, :n], non_blocking=True)
+        event = None
+        if self.device.type == "cuda":
+            event = torch.cuda.Event()
+            event.record()
+        self._pos = [p + 1 for p in pos]
+        return _Step(list(self._rows), n, host, event, pos)
+
+    def _collect(self, step: _Step) -> tuple[list[int], list[int]]:
+        """Wait for ``step`` without holding the GIL (the sender threads run meanwhile): each
+        row's argmax and whether its logits were finite (the logits stay in ``_out_logits``
+        until the next step writes them)."""
+        if step.event is not None:
+            step.event.synchronize()
+        packed = step.host[:, : step.n].tolist()
         return packed[0], packed[1]
+
+    def _rewind(self) -> None:
+        """A step failed: forget the steps in flight; rows go back to the oldest one's positions
+        (their tokens ``_tok`` are its inputs: nothing after it was handed out)."""
+        if not self._inflight:
+            return
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)  # nothing launched may still write the cache
+        self._pos = list(self._inflight[0].pos)
+        self._inflight.clear()
 
     def _load_step(self, n: int, tok: list[int], pos: list[int]) -> None:
         """A decode step's inputs for rows ``0..n-1`` (and padding rows to ``len(tok)``): each

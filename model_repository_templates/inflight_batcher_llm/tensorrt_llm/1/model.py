@@ -178,6 +178,8 @@ class TritonPythonModel:
             kv_cache=params.get("kv_cache", "auto"),
             cuda_graphs=_param_flag(params.get("cuda_graphs", "true")),
             fused_layers=_auto_flag(params.get("fused_layers", "auto")),
+            async_decode=_auto_flag(params.get("async_decode", "auto")),
+            admission_wait_ms=float(params.get("admission_wait_ms", "0")),
         )
         if group is not None and not group.leader:
             # like TensorRT-LLM's ranks above 0, this one never finishes loading: it follows rank
@@ -246,7 +248,7 @@ class TritonPythonModel:
             f"trtbuild portable runtime ready: device={self.engine.device} dtype={self.engine.dtype} "
             f"max_batch_size={self.engine.limits.max_batch_size} max_seq_len={limits.max_seq_len} "
             f"kv_cache={self.engine.kv_layout} cuda_graphs={len(self.engine.graphs)} "
-            f"fused_layers={self.engine.fused_layers}"
+            f"fused_layers={self.engine.fused_layers} async_decode={self.engine.async_decode}"
         )
 
     # -- requests -------------------------------------------------------------------------------
@@ -629,6 +631,12 @@ class TritonPythonModel:
     def finalize(self):
         self._running = False
         self.engine.stop()
+        engine = self.engine
+        pb_utils.Logger.log_info(
+            f"trtbuild portable runtime stopped: {engine.steps} decode steps "
+            f"({engine.chained_steps} launched before the last one's tokens were handed out), "
+            f"{engine.prefills} prefills of {engine.prefilled} requests"
+        )
 
 
 def _injected_fault():
