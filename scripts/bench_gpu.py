@@ -345,7 +345,12 @@ def parity_run(
     for t in threads:
         t.join()
     layout, graphs, fused = engine.kv_layout, len(engine.graphs), fused_kernels(engine)
-    chained = {"async_decode": engine.async_decode, "chained_steps": engine.chained_steps}
+    chained = {
+        "async_decode": engine.async_decode,
+        "chained_steps": engine.chained_steps,
+        "prefills": engine.prefills,
+        "prefill_graphs": len(engine._prefill_captured),
+    }
     dispose(engine)
     same = sum(g == r for g, r in zip(got, ref, strict=True))
     first = [
@@ -979,7 +984,12 @@ def served_repo(args: argparse.Namespace) -> Any:
 # the served A/B: tensorrt_llm parameters per variant (the last is what a rendered repository
 # gets by default)
 def _variant(
-    senders: int, fused: str, merge: bool = True, async_decode: str = "auto", wait_ms: int = 0
+    senders: int,
+    fused: str,
+    merge: bool = True,
+    async_decode: str = "auto",
+    wait_ms: int = 0,
+    prefill_graphs: str = "auto",
 ) -> dict[str, str]:
     return {
         "sender_threads": str(senders),
@@ -987,6 +997,7 @@ def _variant(
         "merge_responses": str(merge).lower(),
         "async_decode": async_decode,
         "admission_wait_ms": str(wait_ms),
+        "prefill_graphs": prefill_graphs,
     }
 
 
@@ -1003,11 +1014,13 @@ def _variant(
 # again with it: "2 senders, synchronous (round 2's defaults)" _variant(2, "auto",
 # async_decode="false"), "2 senders, async_decode (the defaults)" _variant(2, "auto"), "1 sender,
 # async_decode" _variant(1, "auto"), "4 senders, async_decode" _variant(4, "auto").
-# Second call: the admission wait (and the served phase's defaults beside it)
+# Second call: the admission wait (and the served phase's defaults beside it): "2 senders,
+# async_decode (the defaults)" _variant(2, "auto"), "2 senders, async_decode, admission_wait_ms
+# 10" _variant(2, "auto", wait_ms=10), twice; both with what prefill_graphs "false" now asks for.
+# Last call: graph-captured small prefills against none
 SERVED_VARIANTS = {
-    "2 senders, async_decode (the defaults)": _variant(2, "auto"),
-    "2 senders, async_decode, admission_wait_ms 10, run 1": _variant(2, "auto", wait_ms=10),
-    "2 senders, async_decode, admission_wait_ms 10, run 2": _variant(2, "auto", wait_ms=10),
+    "no prefill graphs (the previous defaults)": _variant(2, "auto", prefill_graphs="false"),
+    "prefill graphs (the defaults)": _variant(2, "auto"),
 }
 
 

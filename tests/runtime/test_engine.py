@@ -30,8 +30,9 @@ from trtbuild.runtime.engine import (
 )
 
 # "fused": the slot layout with trtbuild.runtime.fused's layers (eager on CPU; CUDA compiles them);
-# "async": the slot layout launching each decode step before the last one's tokens are handed out
-# (on by default on CUDA only)
+# "async": the slot layout launching each decode step before the last one's tokens are handed out,
+# its small prefills through the bucketed path CUDA graphs capture (both on by default on CUDA only;
+# eager here)
 LAYOUTS = ["slots", "fused", "async", "dynamic"]
 
 
@@ -39,7 +40,12 @@ def layout_kwargs(layout: str) -> dict[str, object]:
     if layout == "fused":
         return {"kv_cache": "slots", "fused_layers": True, "async_decode": False}
     if layout == "async":
-        return {"kv_cache": "slots", "fused_layers": False, "async_decode": True}
+        return {
+            "kv_cache": "slots",
+            "fused_layers": False,
+            "async_decode": True,
+            "prefill_graphs": True,
+        }
     return {"kv_cache": layout, "fused_layers": False, "async_decode": False}
 
 
@@ -603,9 +609,9 @@ def test_admission_wait_lets_a_burst_join_in_one_prefill(
 ) -> None:
     """While rows decode, a lone arrival waits out admission_wait_ms; arrivals that fill every
     free row join at once, in one prefill; the outputs stay exact."""
-    eng = _started_slot_engine(tiny_model, 256, async_decode=async_decode, admission_wait_ms=400)
+    eng = _started_slot_engine(tiny_model, 2048, async_decode=async_decode, admission_wait_ms=400)
     try:
-        running = Run(eng, [1, 9, 8, 7], 200, end_id=-1)
+        running = Run(eng, [1, 9, 8, 7], 2000, end_id=-1)  # decodes until cancelled below
         while not running.events:
             time.sleep(0.001)
         lone = Run(eng, [1, 5, 6], 4, end_id=-1)
@@ -619,7 +625,9 @@ def test_admission_wait_lets_a_burst_join_in_one_prefill(
         for run, i in zip(burst, range(3), strict=True):
             assert run.wait().tokens == reference.greedy([1, 40 + i, 41 + i], 6)
         assert eng.prefills - before == 1 and len({r.request.scheduled_ns for r in burst}) == 1
-        assert running.wait().tokens == reference.greedy([1, 9, 8, 7], 200)
+        assert not running.done.is_set()  # it decoded all along
+        eng.cancel(running.request)
+        assert running.wait().events[-1].finished == FINISH_CANCELLED
     finally:
         eng.stop()
 
@@ -627,6 +635,63 @@ def test_admission_wait_lets_a_burst_join_in_one_prefill(
 def _perf_to_monotonic(perf_s: float) -> float:
     """A time.perf_counter() reading on time.monotonic()'s clock (seconds)."""
     return perf_s + (time.monotonic() - time.perf_counter())
+
+
+def test_bucketed_prefills_pad_into_the_scratch_slot_only(
+    tiny_model: Path, reference: Reference
+) -> None:
+    """Small prefills go through (requests, width) buckets: three prompts fill a bucket of four
+    rows whose padding row writes the scratch slot, never a free slot; their slots are reused;
+    a group too large for any bucket takes the unbucketed prefill; every output equals
+    generate's."""
+    eng = Engine(
+        str(tiny_model),
+        limits=EngineLimits(max_batch_size=8, max_seq_len=256, max_num_tokens=512),
+        kv_cache="slots",
+        fused_layers=False,
+        prefill_graphs=True,
+    )
+    assert eng.slots is not None and eng.slots.num_slots == 9  # 8 rows + the scratch slot
+    assert eng.prefill_buckets[0] == (1, 64) and max(k * w for k, w in eng.prefill_buckets) <= 512
+    scratch = eng.slots.kv[:, :, 8]
+    scratch.fill_(float("nan"))  # no row reads it: what a padding row writes replaces this
+    prompts = [[1] + [(i * 17 + j * 3) % 1700 + 9 for j in range(5 + 7 * i)] for i in range(3)]
+    firsts = [Run(eng, p, 1, end_id=-1) for p in prompts]  # queued before the engine starts
+    eng.start()
+    try:
+        for run, p in zip(firsts, prompts, strict=True):
+            assert run.wait().tokens == reference.greedy(p, 1)
+        # the padding row of the (4, 64) bucket wrote positions 0..63 of the scratch slot
+        assert eng.prefilled == 3 and not bool(scratch[:, :, :64].isnan().any())
+        assert bool(scratch[:, :, 64:].isnan().all())
+        assert float(eng.slots.kv[:, :, 3:8].abs().sum()) == 0  # no free slot was touched
+        runs = [Run(eng, p, 12, end_id=-1) for p in prompts]
+        for run, p in zip(runs, prompts, strict=True):
+            assert run.wait().tokens == reference.greedy(p, 12)
+        # three prompts of 130 tokens (width 136) in one group: no bucket of <= 512 tokens holds it
+        long_prompts = [[1] + [(j * 7) % 1700 + 3 + i for j in range(129)] for i in (1, 2, 4)]
+        assert not any(k >= 3 and w >= 136 for k, w in eng.prefill_buckets)
+        got: list[list[int]] = [[], [], []]
+        done = threading.Semaphore(0)
+
+        def on_event(ev: Event) -> None:
+            got[ev.request.tag].extend(ev.tokens)
+            if ev.finished:
+                done.release()
+
+        before = eng.prefills
+        eng.submit_many(
+            [
+                Request(prompt=p, max_new_tokens=8, end_id=-1, on_event=on_event, tag=i)
+                for i, p in enumerate(long_prompts)
+            ]
+        )
+        for _ in long_prompts:
+            assert done.acquire(timeout=60)
+        assert eng.prefills - before == 1
+        assert got == [reference.greedy(p, 8) for p in long_prompts]
+    finally:
+        eng.stop()
 
 
 def test_async_decode_is_on_by_default_only_on_cuda(tiny_model: Path) -> None:

@@ -40,7 +40,9 @@ sliding window, Qwen2, Qwen3), dynamic otherwise.
   argmax on the device, so the host's work between steps runs while the GPU decodes: rows that
   ended at a step get one more step computed and thrown away, and rows join or leave only when
   the steps in flight are drained (a row ending, a request waiting for a free row, a row that
-  samples or wants log probs).
+  samples or wants log probs). Small prefills (``prefill_graphs``: at most
+  ``PREFILL_GRAPH_TOKENS`` padded tokens) are captured graphs too, one per (requests, width)
+  bucket, their padding rows writing a scratch slot after the real ones that no row reads.
 - ``dynamic`` (any causal LM): a request is prefilled on its own, then its transformers
   ``DynamicCache`` is left-padded into the running batch; finished rows are dropped and KV columns
   that are padding in every row are trimmed.
@@ -103,6 +105,10 @@ TOKENS_PER_BLOCK = 32
 SLOT_MODEL_TYPES = _parallel.SLOT_MODEL_TYPES
 SLOT_ATTENTION = "trtbuild_slots"  # the attention implementation registered with transformers
 PREFILL_ALIGN = 8  # a batched prefill's width is rounded up to this many tokens
+# prefills of at most this many padded tokens run as captured CUDA graphs (``prefill_graphs``):
+# below it a prefill costs its kernel launches (~29 ms for one 128-token prompt on an H200,
+# measured, against ~4 ms of weights and compute), above it the compute
+PREFILL_GRAPH_TOKENS = 1024
 ACTIVATION_SLACK_BYTES = 512 * 2**20  # cuBLAS workspaces, CUDA-graph pool, allocator slack
 
 log = logging.getLogger("trtbuild.runtime")
@@ -296,6 +302,7 @@ class Engine:
         fused_layers: bool | None = None,
         async_decode: bool | None = None,
         admission_wait_ms: float = 0.0,
+        prefill_graphs: bool | None = None,
     ) -> None:
         """``kv_cache``: ``auto``, ``slots`` or ``dynamic`` (see the module docstring).
         ``compile_decode``: fuse the slot layout's decode step with ``torch.compile`` (dynamic
@@ -312,6 +319,11 @@ class Engine:
         long for others to arrive (unless they would fill every free row), so that a burst is
         prefilled together instead of one small prefill per arrival (a prefill of a few short
         prompts costs about as much as one). 0: each joins at the next step.
+        ``prefill_graphs``: the slot layout runs small prefills (at most ``PREFILL_GRAPH_TOKENS``
+        padded tokens: a few prompts, where launching ~1,400 kernels costs more than computing
+        them) as captured CUDA graphs per (requests, width) bucket, right-padded, the padding
+        rows writing a scratch slot no row reads. ``None``: with ``cuda_graphs`` on CUDA;
+        ``True`` on CPU runs the same bucketed path without graphs (for tests).
         ``model``: an already loaded causal LM to serve instead of loading ``model_dir``.
         ``group``: this rank's tensor-parallel group (``model_dir`` is then this rank's shard):
         rank 0 serves and broadcasts each step, the others run ``follow`` (see
@@ -381,6 +393,13 @@ class Engine:
         self.compile_seconds = 0.0
         self._graph_pool: Any = None
         self.cuda_graphs = bool(cuda_graphs) and self.device.type == "cuda"
+        if prefill_graphs is None:
+            prefill_graphs = self.cuda_graphs
+        self.prefill_graphs = (
+            bool(prefill_graphs) and self._group is None and self.kv_layout == "slots"
+        )
+        self.prefill_buckets: list[tuple[int, int]] = []
+        self._prefill_captured: dict[tuple[int, int], Any] = {}  # (requests, width) -> CUDAGraph
         self.fused_layers = False
         if async_decode is None:
             async_decode = self.device.type == "cuda"
@@ -923,8 +942,16 @@ class Engine:
                 slots, lim.max_seq_len, lim.max_batch_size, slots,
             )  # fmt: skip
             self.limits = dataclasses.replace(lim, max_batch_size=slots)
+        # the scratch slot (last): what the padding rows of a bucketed prefill write
+        scratch = int(self.prefill_graphs)
         self.slots = _SlotCache(
-            layers, slots + int(spare), lim.max_seq_len, kv_heads, head_dim, self.dtype, self.device
+            layers,
+            slots + int(spare) + scratch,
+            lim.max_seq_len,
+            kv_heads,
+            head_dim,
+            self.dtype,
+            self.device,
         )
         self.kv_cache_bytes = self.slots.kv.numel() * elem
         self._decoder = self.model.get_decoder()
@@ -947,6 +974,15 @@ class Engine:
         self._arange = torch.arange(lim.max_seq_len, device=dev)
         self._out_logits = torch.zeros((slots, self.vocab_size), dtype=torch.float32, device=dev)
         self._out_packed = torch.zeros((2, slots), dtype=torch.long, device=dev)  # argmax, finite
+        if self.prefill_graphs:
+            self.prefill_buckets = _prefill_buckets(slots, lim.max_seq_len, lim.max_num_tokens)
+            most = max((k * w for k, w in self.prefill_buckets), default=0)
+            rows = max((k for k, _ in self.prefill_buckets), default=0)
+            self._pf_ids = torch.zeros(most, dtype=torch.long, device=dev)
+            self._pf_index = torch.zeros(most, dtype=torch.long, device=dev)
+            self._pf_last = torch.zeros(rows, dtype=torch.long, device=dev)
+            self._pf_rows = torch.arange(rows, device=dev)
+            self._pf_logits = torch.zeros((rows, self.vocab_size), dtype=torch.float32, device=dev)
         pinned = dev.type == "cuda"
         # two: with async_decode one step's argmax is copied while the last one's is read
         self._host_packed = [
@@ -1051,8 +1087,11 @@ class Engine:
         logits after each prompt's last token, ``[len(group), vocab]`` float32."""
         k, width = len(group), self._width(max(len(r.prompt) for r in group))
         base = self._prefill_base = len(self._rows)
-        self.prefills += 1
-        self.prefilled += k
+        bucket = next(((b, w) for b, w in self.prefill_buckets if b >= k and w >= width), None)
+        if bucket is not None:
+            logits = self._prefill_bucketed(group, base, *bucket)
+            self.prefills, self.prefilled = self.prefills + 1, self.prefilled + k
+            return logits
         prompts = [r.prompt for r in group]
         if self._group is not None:
             lengths = [len(p) for p in prompts]
@@ -1062,7 +1101,57 @@ class Engine:
         hidden = self._prefill_hidden(base, width, prompts)
         last = torch.tensor([len(r.prompt) - 1 for r in group], device=self.device)
         picked = hidden[torch.arange(k, device=self.device), last]
-        return self._lm_head(picked).float()
+        logits = self._lm_head(picked).float()
+        self.prefills, self.prefilled = self.prefills + 1, self.prefilled + k
+        return logits
+
+    def _prefill_bucketed(
+        self, group: list[Request], base: int, rows: int, width: int
+    ) -> torch.Tensor:
+        """``_prefill_forward`` for a small group, through the (``rows``, ``width``) bucket's
+        graph: the prompts right-padded to ``width``, ``rows - len(group)`` padding rows that
+        write only the scratch slot."""
+        assert self.slots is not None
+        k, seq = len(group), self.slots.seq
+        scratch = self.slots.num_slots - 1
+        ids = torch.zeros((rows, width), dtype=torch.long)
+        slot_of = [base + i for i in range(k)] + [scratch] * (rows - k)
+        for i, req in enumerate(group):
+            self.slots.claim(base + i, width)
+            ids[i, : len(req.prompt)] = torch.tensor(req.prompt, dtype=torch.long)
+        index = torch.tensor(slot_of, dtype=torch.long)[:, None] * seq + torch.arange(width)
+        last = [len(r.prompt) - 1 for r in group] + [0] * (rows - k)
+        self._load_prefill(ids, index, last)
+        graph = self._prefill_captured.get((rows, width))
+        if graph is not None:
+            graph.replay()
+        else:
+            self._prefill_body(rows, width)
+        return self._pf_logits[:k]
+
+    def _load_prefill(self, ids: torch.Tensor, index: torch.Tensor, last: list[int]) -> None:
+        n = ids.numel()
+        self._pf_ids[:n].copy_(ids.reshape(-1))
+        self._pf_index[:n].copy_(index.reshape(-1))
+        self._pf_last[: len(last)].copy_(torch.tensor(last, dtype=torch.long))
+
+    def _prefill_body(self, rows: int, width: int) -> None:
+        """A bucketed prefill as its CUDA graph captures it: inputs from ``_pf_ids``,
+        ``_pf_index`` (each token's flat slot position) and ``_pf_last``; the logits after each
+        row's last prompt token into ``_pf_logits``."""
+        assert self.slots is not None
+        n = rows * width
+        positions = self._arange[:width].expand(rows, width)
+        self.slots.index = self._pf_index[:n]
+        hidden = self._decoder(
+            input_ids=self._pf_ids[:n].view(rows, width),
+            position_ids=positions,
+            attention_mask=None,
+            past_key_values=self.slots,
+            use_cache=True,
+        ).last_hidden_state
+        picked = hidden[self._pf_rows[:rows], self._pf_last[:rows]]
+        self._pf_logits[:rows].copy_(self._lm_head(picked).float())
 
     def _prefill_hidden(self, base: int, width: int, prompts: list[list[int]]) -> torch.Tensor:
         """The decoder over ``prompts`` right-padded to ``width``, their KV written into slots
@@ -1285,6 +1374,22 @@ class Engine:
                     self._decode_body(batch, length)
             torch.cuda.current_stream(self.device).wait_stream(side)
             self.graphs[(batch, length)] = graph
+        for rows, width in sorted(self.prefill_buckets, key=lambda b: -b[0] * b[1]):
+            if (rows, width) in self._prefill_captured:
+                continue
+            scratch = (self.slots.num_slots - 1) * self.slots.seq
+            index = (scratch + torch.arange(width)).repeat(rows)  # capture writes scratch only
+            self._load_prefill(torch.zeros((rows, width), dtype=torch.long), index, [0] * rows)
+            side = torch.cuda.Stream(self.device)
+            side.wait_stream(torch.cuda.current_stream(self.device))
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.stream(side):
+                for _ in range(2):
+                    self._prefill_body(rows, width)
+                with torch.cuda.graph(graph, pool=self._graph_pool, stream=side):
+                    self._prefill_body(rows, width)
+            torch.cuda.current_stream(self.device).wait_stream(side)
+            self._prefill_captured[(rows, width)] = graph
         torch.cuda.synchronize(self.device)
 
     def _move_slot(self, src: int, dst: int) -> None:
@@ -1531,6 +1636,18 @@ def _slots_unsupported(model: Any, max_seq_len: int) -> str | None:
     if not hasattr(model, "set_attn_implementation"):
         return "this transformers version cannot switch attention implementations"
     return None
+
+
+def _prefill_buckets(slots: int, max_seq_len: int, max_num_tokens: int) -> list[tuple[int, int]]:
+    """(requests, width) buckets of the small prefills, smallest first: requests 1, 2, 4, 8
+    (at most the batch), widths 64, 128, ... (at most max_seq_len), at most
+    ``PREFILL_GRAPH_TOKENS`` (and max_num_tokens) padded tokens each."""
+    limit = min(PREFILL_GRAPH_TOKENS, max_num_tokens)
+    widths = [w for w in _buckets(max_seq_len, min(64, max_seq_len)) if w <= limit]
+    counts = [k for k in (1, 2, 4, 8) if k <= slots]
+    return sorted(
+        ((k, w) for k in counts for w in widths if k * w <= limit), key=lambda b: b[0] * b[1]
+    )
 
 
 def _buckets(limit: int, smallest: int) -> list[int]:

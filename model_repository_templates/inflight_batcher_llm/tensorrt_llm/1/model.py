@@ -180,6 +180,7 @@ class TritonPythonModel:
             fused_layers=_auto_flag(params.get("fused_layers", "auto")),
             async_decode=_auto_flag(params.get("async_decode", "auto")),
             admission_wait_ms=float(params.get("admission_wait_ms", "0")),
+            prefill_graphs=_auto_flag(params.get("prefill_graphs", "auto")),
         )
         if group is not None and not group.leader:
             # like TensorRT-LLM's ranks above 0, this one never finishes loading: it follows rank
@@ -248,7 +249,8 @@ class TritonPythonModel:
             f"trtbuild portable runtime ready: device={self.engine.device} dtype={self.engine.dtype} "
             f"max_batch_size={self.engine.limits.max_batch_size} max_seq_len={limits.max_seq_len} "
             f"kv_cache={self.engine.kv_layout} cuda_graphs={len(self.engine.graphs)} "
-            f"fused_layers={self.engine.fused_layers} async_decode={self.engine.async_decode}"
+            f"fused_layers={self.engine.fused_layers} async_decode={self.engine.async_decode} "
+            f"prefill_graphs={len(self.engine._prefill_captured)}"
         )
 
     # -- requests -------------------------------------------------------------------------------
