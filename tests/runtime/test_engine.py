@@ -543,12 +543,17 @@ def test_rows_finishing_at_different_steps_keep_their_own_cache(
         assert run.wait().tokens == reference.greedy(prompt, n)
 
 
+@pytest.mark.parametrize("prefill_graphs", [False, True])
 def test_a_reused_slot_is_zeroed_past_the_new_prompt(
-    tiny_model: Path, reference: Reference
+    tiny_model: Path, reference: Reference, prefill_graphs: bool
 ) -> None:
-    """What a request left in its slot, even NaN, never reaches the slot's next request."""
+    """What a request left in its slot, even NaN, never reaches the slot's next request (also
+    when the bucketed prefill writes padding past the new prompt)."""
     eng = Engine(
-        str(tiny_model), limits=EngineLimits(max_batch_size=1, max_seq_len=256), kv_cache="slots"
+        str(tiny_model),
+        limits=EngineLimits(max_batch_size=1, max_seq_len=256),
+        kv_cache="slots",
+        prefill_graphs=prefill_graphs,
     )
     eng.start()
     try:
