@@ -265,7 +265,9 @@ class TritonPythonModel:
                 for model_output, name in step["outputs"].items():
                     tensor = pb_utils.get_output_tensor_by_name(response, model_output)
                     if tensor is not None:
-                        current[name] = tensor.as_numpy()
+                        # a copy: as_numpy() can view the response's shared memory, and a whole
+                        # (non-streaming) answer keeps the last outputs after the response is gone
+                        current[name] = tensor.as_numpy().copy()
                 for later in self.steps[index + 1 :]:
                     self._call(later, current)
                 yield {n: current[n] for n in self.client_outputs if n in current}
