@@ -486,7 +486,7 @@ def kernel_profile(engine: Engine, batch: int, length: int, graph: bool, reps: i
         torch.cuda.synchronize()
     rows = []
     for item in prof.key_averages():
-        us = getattr(item, "device_time_total", None) or getattr(item, "cuda_time_total", 0)
+        us = getattr(item, "device_time_total", 0) or getattr(item, "cuda_time_total", 0)
         if us > 0:
             rows.append((item.key, item.count / reps, us / reps))
     rows.sort(key=lambda r: -r[2])
@@ -597,22 +597,33 @@ def phase_attention(args: argparse.Namespace) -> dict[str, Any]:
     return {"shape": ATTENTION_SHAPE, "rows": rows}
 
 
-def attention_row(b: int, length: int, copies: int = 8) -> dict[str, Any]:
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
-    F = torch.nn.functional
+def decode_attention_inputs(
+    b: int, length: int, pos_high: int, copies: int
+) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``copies`` slot-layout K/V caches ``[2, b, max_seq_len, kv_heads, head_dim]``, one query
+    per row ``[b, heads, head_dim]``, each row's position (``length // 2 .. pos_high - 1``) and
+    the additive mask ``[b, 1, 1, length]`` that hides what lies past it."""
     kvh, groups, d, seq = (
         ATTENTION_SHAPE[k] for k in ("kv_heads", "groups", "head_dim", "max_seq_len")
     )
     caches = [
         torch.randn(2, b, seq, kvh, d, device="cuda", dtype=torch.bfloat16) for _ in range(copies)
     ]
-    heads_major = [c.permute(0, 1, 3, 2, 4).contiguous() for c in caches]
-    q = torch.randn(b, kvh, groups, d, device="cuda", dtype=torch.bfloat16)
-    pos = torch.randint(length // 2, length, (b,), device="cuda")
+    q = torch.randn(b, kvh * groups, d, device="cuda", dtype=torch.bfloat16)
+    pos = torch.randint(length // 2, pos_high, (b,), device="cuda")
     visible = torch.arange(length, device="cuda")[None, :] <= pos[:, None]
     mask = torch.zeros(visible.shape, dtype=torch.bfloat16, device="cuda")
-    mask = mask.masked_fill(~visible, float("-inf"))[:, None, None, :]
+    return caches, q, pos, mask.masked_fill(~visible, float("-inf"))[:, None, None, :]
+
+
+def attention_row(b: int, length: int, copies: int = 8) -> dict[str, Any]:
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    F = torch.nn.functional
+    kvh, groups, d = (ATTENTION_SHAPE[k] for k in ("kv_heads", "groups", "head_dim"))
+    caches, flat_q, _, mask = decode_attention_inputs(b, length, length, copies)
+    heads_major = [c.permute(0, 1, 3, 2, 4).contiguous() for c in caches]
+    q = flat_q.view(b, kvh, groups, d)
     scale = d**-0.5
 
     def sdpa(i: int) -> Any:
@@ -691,16 +702,11 @@ def phase_flash_decode(args: argparse.Namespace) -> dict[str, Any]:
 def flash_row(b: int, copies: int = 8) -> dict[str, Any]:
     F = torch.nn.functional
     flash = torch.ops.aten._flash_attention_forward
-    kvh, groups, d, seq = 8, 4, 128, 256
+    kvh, groups, d, seq = (
+        ATTENTION_SHAPE[k] for k in ("kv_heads", "groups", "head_dim", "max_seq_len")
+    )
     heads = kvh * groups
-    caches = [
-        torch.randn(2, b, seq, kvh, d, device="cuda", dtype=torch.bfloat16) for _ in range(copies)
-    ]
-    q = torch.randn(b, heads, d, device="cuda", dtype=torch.bfloat16)
-    pos = torch.randint(seq // 2, seq - 1, (b,), device="cuda")
-    visible = torch.arange(seq, device="cuda")[None, :] <= pos[:, None]
-    mask = torch.zeros(visible.shape, dtype=torch.bfloat16, device="cuda")
-    mask = mask.masked_fill(~visible, float("-inf"))[:, None, None, :]
+    caches, q, pos, mask = decode_attention_inputs(b, seq, seq - 1, copies)
     cu_q = torch.arange(b + 1, device="cuda", dtype=torch.int32)
     cu_k = cu_q * seq
     used = (pos + 1).to(torch.int32)

@@ -263,7 +263,6 @@ class _Step:
     host, the event after that copy (CUDA), and the positions it fed."""
 
     rows: list[Request]
-    n: int
     host: torch.Tensor
     event: Any
     pos: list[int]
@@ -1090,8 +1089,14 @@ class Engine:
         bucket = next(((b, w) for b, w in self.prefill_buckets if b >= k and w >= width), None)
         if bucket is not None:
             logits = self._prefill_bucketed(group, base, *bucket)
-            self.prefills, self.prefilled = self.prefills + 1, self.prefilled + k
-            return logits
+        else:
+            logits = self._prefill_unbucketed(group, base, width)
+        self.prefills, self.prefilled = self.prefills + 1, self.prefilled + k
+        return logits
+
+    def _prefill_unbucketed(self, group: list[Request], base: int, width: int) -> torch.Tensor:
+        """``_prefill_forward`` eagerly, at ``group``'s own width (broadcast to a rank group)."""
+        k = len(group)
         prompts = [r.prompt for r in group]
         if self._group is not None:
             lengths = [len(p) for p in prompts]
@@ -1101,9 +1106,7 @@ class Engine:
         hidden = self._prefill_hidden(base, width, prompts)
         last = torch.tensor([len(r.prompt) - 1 for r in group], device=self.device)
         picked = hidden[torch.arange(k, device=self.device), last]
-        logits = self._lm_head(picked).float()
-        self.prefills, self.prefilled = self.prefills + 1, self.prefilled + k
-        return logits
+        return self._lm_head(picked).float()
 
     def _prefill_bucketed(
         self, group: list[Request], base: int, rows: int, width: int
@@ -1122,11 +1125,7 @@ class Engine:
         index = torch.tensor(slot_of, dtype=torch.long)[:, None] * seq + torch.arange(width)
         last = [len(r.prompt) - 1 for r in group] + [0] * (rows - k)
         self._load_prefill(ids, index, last)
-        graph = self._prefill_captured.get((rows, width))
-        if graph is not None:
-            graph.replay()
-        else:
-            self._prefill_body(rows, width)
+        _replay_or_run(self._prefill_captured, (rows, width), self._prefill_body)
         return self._pf_logits[:k]
 
     def _load_prefill(self, ids: torch.Tensor, index: torch.Tensor, last: list[int]) -> None:
@@ -1187,7 +1186,8 @@ class Engine:
                     self._inflight.append(self._launch(chained=True))
                 step = self._inflight[0]
                 argmax = self._collect(step)
-                tokens, lps, errors = self._sample(self._out_logits[: step.n], step.rows, argmax)
+                logits = self._out_logits[: len(step.rows)]
+                tokens, lps, errors = self._sample(logits, step.rows, argmax)
             except Exception as exc:  # noqa: BLE001 - retry the step without the newest row
                 if self._group is not None:
                     raise  # the followers ran (part of) it: the ranks no longer agree
@@ -1244,11 +1244,7 @@ class Engine:
             if self._group is not None:
                 self._group.send(_parallel.OP_DECODE, [n, batch, length, *tok, *padded])
             self._load_step(n, tok, padded)
-        graph = self.graphs.get((batch, length))
-        if graph is not None:
-            graph.replay()
-        else:
-            self._decode_body(batch, length)
+        _replay_or_run(self.graphs, (batch, length), self._decode_body)
         host = self._host_packed[self._flip]
         self._flip ^= 1
         host[:, :n].copy_(self._out_packed[:, :n], non_blocking=True)
@@ -1257,7 +1253,7 @@ class Engine:
             event = torch.cuda.Event()
             event.record()
         self._pos = [p + 1 for p in pos]
-        return _Step(list(self._rows), n, host, event, pos)
+        return _Step(list(self._rows), host, event, pos)
 
     def _collect(self, step: _Step) -> tuple[list[int], list[int]]:
         """Wait for ``step`` without holding the GIL (the sender threads run meanwhile): each
@@ -1265,7 +1261,7 @@ class Engine:
         until the next step writes them)."""
         if step.event is not None:
             step.event.synchronize()
-        packed = step.host[:, : step.n].tolist()
+        packed = step.host[:, : len(step.rows)].tolist()
         return packed[0], packed[1]
 
     def _rewind(self) -> None:
@@ -1362,35 +1358,37 @@ class Engine:
                 continue
             for i in range(batch):
                 self.slots.touch(i, 1)  # the warm-up runs write position 0 of free slots
-            side = torch.cuda.Stream(self.device)
-            side.wait_stream(torch.cuda.current_stream(self.device))
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.stream(side):
-                started = time.perf_counter()
-                for _ in range(2):  # lazy initialisation (cuBLAS, compilation) first
-                    self._decode_body(batch, length)
-                self.compile_seconds += time.perf_counter() - started
-                with torch.cuda.graph(graph, pool=self._graph_pool, stream=side):
-                    self._decode_body(batch, length)
-            torch.cuda.current_stream(self.device).wait_stream(side)
-            self.graphs[(batch, length)] = graph
+            self.compile_seconds += self._capture(self.graphs, (batch, length), self._decode_body)
         for rows, width in sorted(self.prefill_buckets, key=lambda b: -b[0] * b[1]):
             if (rows, width) in self._prefill_captured:
                 continue
             scratch = (self.slots.num_slots - 1) * self.slots.seq
             index = (scratch + torch.arange(width)).repeat(rows)  # capture writes scratch only
             self._load_prefill(torch.zeros((rows, width), dtype=torch.long), index, [0] * rows)
-            side = torch.cuda.Stream(self.device)
-            side.wait_stream(torch.cuda.current_stream(self.device))
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.stream(side):
-                for _ in range(2):
-                    self._prefill_body(rows, width)
-                with torch.cuda.graph(graph, pool=self._graph_pool, stream=side):
-                    self._prefill_body(rows, width)
-            torch.cuda.current_stream(self.device).wait_stream(side)
-            self._prefill_captured[(rows, width)] = graph
+            self._capture(self._prefill_captured, (rows, width), self._prefill_body)
         torch.cuda.synchronize(self.device)
+
+    def _capture(
+        self,
+        graphs: dict[tuple[int, int], Any],
+        key: tuple[int, int],
+        body: Callable[[int, int], None],
+    ) -> float:
+        """Capture ``body(*key)`` into ``graphs[key]`` on a side stream (in the shared pool),
+        after two eager runs for lazy initialisation (cuBLAS, compilation); their seconds."""
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.stream(side):
+            started = time.perf_counter()
+            for _ in range(2):
+                body(*key)
+            warm = time.perf_counter() - started
+            with torch.cuda.graph(graph, pool=self._graph_pool, stream=side):
+                body(*key)
+        torch.cuda.current_stream(self.device).wait_stream(side)
+        graphs[key] = graph
+        return warm
 
     def _move_slot(self, src: int, dst: int) -> None:
         assert self.slots is not None
@@ -1636,6 +1634,17 @@ def _slots_unsupported(model: Any, max_seq_len: int) -> str | None:
     if not hasattr(model, "set_attn_implementation"):
         return "this transformers version cannot switch attention implementations"
     return None
+
+
+def _replay_or_run(
+    graphs: dict[tuple[int, int], Any], key: tuple[int, int], body: Callable[[int, int], None]
+) -> None:
+    """Replay ``key``'s captured graph, or run ``body(*key)`` eagerly where none was captured."""
+    graph = graphs.get(key)
+    if graph is not None:
+        graph.replay()
+    else:
+        body(*key)
 
 
 def _prefill_buckets(slots: int, max_seq_len: int, max_num_tokens: int) -> list[tuple[int, int]]:
