@@ -350,6 +350,8 @@ def parity_run(
         "chained_steps": engine.chained_steps,
         "prefills": engine.prefills,
         "prefill_graphs": len(engine._prefill_captured),
+        "mixed_steps": engine.mixed_steps,
+        "mixed_graphs": len(engine._mixed_captured),
     }
     dispose(engine)
     same = sum(g == r for g, r in zip(got, ref, strict=True))
@@ -462,6 +464,16 @@ def phase_async_ab(args: argparse.Namespace, model: Any) -> dict[str, Any]:
     return {
         "sync": engine_run(model, "fused, sync", plan, steps=False, async_decode=False),
         "async": engine_run(model, "fused, async_decode", plan, steps=False, async_decode=True),
+    }
+
+
+def phase_mixed_ab(args: argparse.Namespace, model: Any) -> dict[str, Any]:
+    """Arrivals prefilled inside decode steps (mixed_prefill_tokens, the default) against
+    prefilled on their own before the next step, same engine otherwise."""
+    plan = [(1, 8), (16, 64), (64, 384)]
+    return {
+        "separate": engine_run(model, "prefills alone", plan, steps=False, mixed_prefill_tokens=0),
+        "mixed": engine_run(model, "mixed prefills", plan, steps=False),
     }
 
 
@@ -838,6 +850,11 @@ def engine_run(
         "async_decode": engine.async_decode,
         "decode_steps": engine.steps,
         "chained_steps": engine.chained_steps,
+        "prefills": engine.prefills,
+        "prefilled": engine.prefilled,
+        "mixed_steps": engine.mixed_steps,
+        "graphs_mixed": len(engine._mixed_captured),
+        "graphs_prefill": len(engine._prefill_captured),
         "step_gpu_ms": step_ms,
         "prefill": prefills,
         "loops": loops,
@@ -996,6 +1013,7 @@ def _variant(
     async_decode: str = "auto",
     wait_ms: int = 0,
     prefill_graphs: str = "auto",
+    mixed: str = "auto",
 ) -> dict[str, str]:
     return {
         "sender_threads": str(senders),
@@ -1004,6 +1022,7 @@ def _variant(
         "async_decode": async_decode,
         "admission_wait_ms": str(wait_ms),
         "prefill_graphs": prefill_graphs,
+        "mixed_prefill_tokens": mixed,
     }
 
 
@@ -1023,10 +1042,13 @@ def _variant(
 # Second call: the admission wait (and the served phase's defaults beside it): "2 senders,
 # async_decode (the defaults)" _variant(2, "auto"), "2 senders, async_decode, admission_wait_ms
 # 10" _variant(2, "auto", wait_ms=10), twice; both with what prefill_graphs "false" now asks for.
-# Last call: graph-captured small prefills against none
+# Last call: graph-captured small prefills against none: "no prefill graphs (the previous
+# defaults)" _variant(2, "auto", prefill_graphs="false", mixed="0"), "prefill graphs"
+# _variant(2, "auto", mixed="0").
+# Round 4: arrivals prefilled inside decode steps against on their own
 SERVED_VARIANTS = {
-    "no prefill graphs (the previous defaults)": _variant(2, "auto", prefill_graphs="false"),
-    "prefill graphs (the defaults)": _variant(2, "auto"),
+    "prefills alone (the previous defaults)": _variant(2, "auto", mixed="0"),
+    "mixed prefills (the defaults)": _variant(2, "auto"),
 }
 
 
@@ -1247,6 +1269,7 @@ PHASES: dict[str, tuple[str, Callable[[argparse.Namespace, Any], dict[str, Any]]
     "ab": ("model", phase_ab),
     "fused_ab": ("model", phase_fused_ab),
     "async_ab": ("model", phase_async_ab),
+    "mixed_ab": ("model", phase_mixed_ab),
     "kernels": ("model", phase_kernels),
     "gemm": ("own", lambda args, model: phase_gemm(args)),
     "attention": ("own", lambda args, model: phase_attention(args)),

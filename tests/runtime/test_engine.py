@@ -32,13 +32,21 @@ from trtbuild.runtime.engine import (
 # "fused": the slot layout with trtbuild.runtime.fused's layers (eager on CPU; CUDA compiles them);
 # "async": the slot layout launching each decode step before the last one's tokens are handed out,
 # its small prefills through the bucketed path CUDA graphs capture (both on by default on CUDA only;
-# eager here)
-LAYOUTS = ["slots", "fused", "async", "dynamic"]
+# eager here); "mixed": fused layers and async steps with arrivals prefilled inside decode steps
+LAYOUTS = ["slots", "fused", "async", "mixed", "dynamic"]
 
 
 def layout_kwargs(layout: str) -> dict[str, object]:
     if layout == "fused":
         return {"kv_cache": "slots", "fused_layers": True, "async_decode": False}
+    if layout == "mixed":
+        return {
+            "kv_cache": "slots",
+            "fused_layers": True,
+            "async_decode": True,
+            "prefill_graphs": True,
+            "mixed_prefill_tokens": 256,
+        }
     if layout == "async":
         return {
             "kv_cache": "slots",
@@ -59,7 +67,7 @@ def engine(tiny_model: Path, request: pytest.FixtureRequest):  # type: ignore[no
         **layout_kwargs(request.param),  # type: ignore[arg-type]
     )
     assert eng.kv_layout == layout_kwargs(request.param)["kv_cache"]
-    assert eng.fused_layers == (request.param == "fused")
+    assert eng.fused_layers == (request.param in ("fused", "mixed"))
     eng.start()
     eng.warmup()
     yield eng
@@ -697,6 +705,81 @@ def test_bucketed_prefills_pad_into_the_scratch_slot_only(
         assert got == [reference.greedy(p, 8) for p in long_prompts]
     finally:
         eng.stop()
+
+
+def test_arrivals_are_prefilled_inside_decode_steps(tiny_model: Path, reference: Reference) -> None:
+    """While a row decodes, arrivals that fit a mixed bucket are prefilled in the same forward as
+    its next step: alone, two at once (one bucket of two), three into a bucket of four whose
+    padding row writes the scratch slot only; a prompt wider than every mixed bucket is
+    prefilled on its own; every output equals generate's."""
+    eng = Engine(
+        str(tiny_model),
+        limits=EngineLimits(max_batch_size=8, max_seq_len=512, max_num_tokens=512),
+        kv_cache="slots",
+        fused_layers=True,
+        async_decode=True,
+        mixed_prefill_tokens=256,
+    )
+    assert sorted(eng.mixed_buckets) == [(1, 64), (1, 128), (1, 256), (2, 64), (2, 128), (4, 64)]
+    assert eng.prefill_buckets == []  # prefill_graphs off: prefills on their own are unbucketed
+    assert eng.slots is not None and eng.slots.num_slots == 9  # 8 rows + the scratch slot
+    scratch = eng.slots.kv[:, :, 8]
+    scratch.fill_(float("nan"))  # no row reads it
+    eng.start()
+    try:
+        running = Run(eng, [1, 9, 8, 7], 200, end_id=-1)
+        while not running.events:
+            time.sleep(0.001)
+        alone = Run(eng, [1, 5, 6, 7, 8], 10, end_id=-1).wait()
+        assert alone.tokens == reference.greedy([1, 5, 6, 7, 8], 10)
+        assert eng.mixed_steps == 1 and eng.prefilled == 2
+        pair = [[1] + [(j * 11 + i) % 1700 + 4 for j in range(70 + i)] for i in range(2)]
+        trio = [[1] + [(j * 5 + i) % 1700 + 6 for j in range(3 + 20 * i)] for i in range(3)]
+        before = eng.mixed_steps
+        got: list[list[int]] = [[] for _ in range(5)]
+        done = threading.Semaphore(0)
+
+        def on_event(ev: Event) -> None:
+            got[ev.request.tag].extend(ev.tokens)
+            if ev.finished:
+                done.release()
+
+        for group, first in ((pair, 0), (trio, 2)):
+            eng.submit_many(
+                [
+                    Request(prompt=p, max_new_tokens=9, end_id=-1, on_event=on_event, tag=first + i)
+                    for i, p in enumerate(group)
+                ]
+            )
+            for _ in group:
+                assert done.acquire(timeout=60)
+        assert got == [reference.greedy(p, 9) for p in pair + trio]
+        assert eng.mixed_steps - before == 2  # one step each group, as it arrived whole
+        assert not bool(scratch[:, :, :64].isnan().any())  # the trio's padding row wrote it
+        assert bool(scratch[:, :, 128:].isnan().all())
+        wide = [1] + [(j * 3) % 1700 + 2 for j in range(299)]  # width 304: wider than 256
+        before, prefills = eng.mixed_steps, eng.prefills
+        assert Run(eng, wide, 8, end_id=-1).wait().tokens == reference.greedy(wide, 8)
+        assert eng.mixed_steps == before and eng.prefills == prefills + 1
+        assert not running.done.is_set()  # it decoded all along
+        eng.cancel(running.request)
+        assert running.wait().events[-1].finished == FINISH_CANCELLED
+        assert running.tokens == reference.greedy([1, 9, 8, 7], len(running.tokens))
+    finally:
+        eng.stop()
+
+
+def test_mixed_prefill_needs_fused_layers(tiny_model: Path) -> None:
+    with pytest.raises(ValueError, match="fused_layers"):
+        Engine(
+            str(tiny_model),
+            limits=EngineLimits(max_batch_size=2, max_seq_len=64),
+            kv_cache="slots",
+            fused_layers=False,
+            mixed_prefill_tokens=128,
+        )
+    eng = Engine(str(tiny_model), limits=EngineLimits(max_batch_size=2, max_seq_len=64))
+    assert eng.mixed_prefill_tokens == (256 if eng.device.type == "cuda" else 0)
 
 
 def test_async_decode_is_on_by_default_only_on_cuda(tiny_model: Path) -> None:

@@ -43,6 +43,12 @@ sliding window, Qwen2, Qwen3), dynamic otherwise.
   samples or wants log probs). Small prefills (``prefill_graphs``: at most
   ``PREFILL_GRAPH_TOKENS`` padded tokens) are captured graphs too, one per (requests, width)
   bucket, their padding rows writing a scratch slot after the real ones that no row reads.
+  While rows decode, a few short prompts (``mixed_prefill_tokens`` padded tokens, fused layers
+  only) are prefilled inside the next decode step instead of before it: one forward over the rows'
+  tokens and the prompts', whose matrix multiplies read the weights once for both (a decode step's
+  are bound by reading the weights, so the prompts' compute rides on it), attention split between
+  the rows' slots and each prompt's causal self-attention; each (batch, L, requests, width) bucket
+  is a captured graph too.
 - ``dynamic`` (any causal LM): a request is prefilled on its own, then its transformers
   ``DynamicCache`` is left-padded into the running batch; finished rows are dropped and KV columns
   that are padding in every row are trimmed.
@@ -109,6 +115,10 @@ PREFILL_ALIGN = 8  # a batched prefill's width is rounded up to this many tokens
 # below it a prefill costs its kernel launches (~29 ms for one 128-token prompt on an H200,
 # measured, against ~4 ms of weights and compute), above it the compute
 PREFILL_GRAPH_TOKENS = 1024
+# while rows decode, prompts of at most this many padded tokens in all ride on the next decode step
+# (``mixed_prefill_tokens``): a batch-64 step of an 8B model reads 16 GB of weights in ~3.8 ms
+# but computes 64 tokens in ~1.6 ms, so a few hundred more tokens cost little more than the step
+MIXED_PREFILL_TOKENS = 256
 ACTIVATION_SLACK_BYTES = 512 * 2**20  # cuBLAS workspaces, CUDA-graph pool, allocator slack
 
 log = logging.getLogger("trtbuild.runtime")
@@ -302,6 +312,7 @@ class Engine:
         async_decode: bool | None = None,
         admission_wait_ms: float = 0.0,
         prefill_graphs: bool | None = None,
+        mixed_prefill_tokens: int | None = None,
     ) -> None:
         """``kv_cache``: ``auto``, ``slots`` or ``dynamic`` (see the module docstring).
         ``compile_decode``: fuse the slot layout's decode step with ``torch.compile`` (dynamic
@@ -323,6 +334,11 @@ class Engine:
         them) as captured CUDA graphs per (requests, width) bucket, right-padded, the padding
         rows writing a scratch slot no row reads. ``None``: with ``cuda_graphs`` on CUDA;
         ``True`` on CPU runs the same bucketed path without graphs (for tests).
+        ``mixed_prefill_tokens``: while rows decode, requests whose prompts fit this many padded
+        tokens (in buckets of 1, 2, 4 ... requests and widths 64, 128 ...) are prefilled in the
+        same forward as the rows' next decode step (needs fused layers; on CUDA each bucket is a
+        captured graph). ``None``: ``MIXED_PREFILL_TOKENS`` where ``prefill_graphs`` is on and the
+        layers are fused; 0: never.
         ``model``: an already loaded causal LM to serve instead of loading ``model_dir``.
         ``group``: this rank's tensor-parallel group (``model_dir`` is then this rank's shard):
         rank 0 serves and broadcasts each step, the others run ``follow`` (see
@@ -380,7 +396,7 @@ class Engine:
         self.slots: _SlotCache | None = None
         self._tok: list[int] = []  # [rows] last sampled token (slot layout)
         self._pos: list[int] = []  # [rows] position of the next token to feed (slot layout)
-        self.graphs: dict[tuple[int, int], Any] = {}  # (batch bucket, L bucket) -> CUDAGraph
+        self.graphs: dict[tuple[int, ...], Any] = {}  # (batch bucket, L bucket) -> CUDAGraph
         # launched decode steps whose tokens are not handed out yet, oldest first
         self._inflight: collections.deque[_Step] = collections.deque()
         self._flip = 0  # which host buffer the next step's argmax goes to
@@ -398,7 +414,17 @@ class Engine:
             bool(prefill_graphs) and self._group is None and self.kv_layout == "slots"
         )
         self.prefill_buckets: list[tuple[int, int]] = []
-        self._prefill_captured: dict[tuple[int, int], Any] = {}  # (requests, width) -> CUDAGraph
+        self._prefill_captured: dict[tuple[int, ...], Any] = {}  # (requests, width) -> CUDAGraph
+        mixed_asked = mixed_prefill_tokens is not None and mixed_prefill_tokens > 0
+        if mixed_prefill_tokens is None:
+            mixed_prefill_tokens = MIXED_PREFILL_TOKENS if self.prefill_graphs else 0
+        if self._group is not None or self.kv_layout != "slots":
+            mixed_prefill_tokens = 0
+        self.mixed_prefill_tokens = max(0, int(mixed_prefill_tokens))
+        self.mixed_buckets: list[tuple[int, int]] = []
+        # (batch, L, requests, width) -> CUDAGraph
+        self._mixed_captured: dict[tuple[int, ...], Any] = {}
+        self.mixed_steps = 0  # decode steps that prefilled requests too
         self.fused_layers = False
         if async_decode is None:
             async_decode = self.device.type == "cuda"
@@ -406,6 +432,10 @@ class Engine:
         if self.kv_layout == "slots":
             self._setup_slots(spare=compile_decode)
             self._fuse_layers(fused_layers, compile=not compile_decode)
+            if not self.fused_layers:
+                if mixed_asked:
+                    raise ValueError("mixed_prefill_tokens needs fused_layers (set it true)")
+                self.mixed_prefill_tokens, self.mixed_buckets = 0, []
             if compile_decode:
                 self._forward = _dynamic_rows(torch.compile(self._decode_forward))
         elif getattr(self.model.config, "_attn_implementation", None) == SLOT_ATTENTION:
@@ -586,18 +616,19 @@ class Engine:
                 if self._group is not None and not (tasks or self._admitting or self._rows):
                     self._group.send(_parallel.OP_NOOP, [])
                     continue
+                advanced = False  # a mixed step decoded the rows already
                 with torch.inference_mode():
                     for task in tasks:
                         task.run()
                     if self.slots is not None:
-                        self._prefill_slots(list(self._admitting))
+                        advanced = self._prefill_slots(list(self._admitting))
                     else:
                         for req in list(self._admitting):
                             self._prefill(req)
                             self._admitting.remove(req)
                     self._admitting = []
                     self._drop_finished()
-                    if self._rows:
+                    if self._rows and not advanced:
                         if self.slots is not None:
                             self._decode_step_slots()
                         else:
@@ -689,6 +720,7 @@ class Engine:
             return admitted
         budget = self.limits.max_num_tokens
         free = self.limits.max_batch_size - len(self._rows)
+        mixing = bool(self.mixed_buckets and self._rows)
         now = time.monotonic_ns()
         while self._queue and len(admitted) < free:
             req = self._queue[0]
@@ -698,6 +730,13 @@ class Engine:
                 continue
             if admitted and len(req.prompt) > budget:
                 break  # prefill budget for this iteration is spent; decode first
+            if (
+                mixing
+                and admitted
+                and self._mixed_bucket(admitted) is not None
+                and self._mixed_bucket([*admitted, req]) is None
+            ):
+                break  # these ride on the next decode step; the rest on the ones after
             self._queue.popleft()
             budget -= len(req.prompt)
             self._admissions += 1
@@ -942,7 +981,7 @@ class Engine:
             )  # fmt: skip
             self.limits = dataclasses.replace(lim, max_batch_size=slots)
         # the scratch slot (last): what the padding rows of a bucketed prefill write
-        scratch = int(self.prefill_graphs)
+        scratch = int(self.prefill_graphs or self.mixed_prefill_tokens > 0)
         self.slots = _SlotCache(
             layers,
             slots + int(spare) + scratch,
@@ -974,14 +1013,23 @@ class Engine:
         self._out_logits = torch.zeros((slots, self.vocab_size), dtype=torch.float32, device=dev)
         self._out_packed = torch.zeros((2, slots), dtype=torch.long, device=dev)  # argmax, finite
         if self.prefill_graphs:
-            self.prefill_buckets = _prefill_buckets(slots, lim.max_seq_len, lim.max_num_tokens)
-            most = max((k * w for k, w in self.prefill_buckets), default=0)
-            rows = max((k for k, _ in self.prefill_buckets), default=0)
-            self._pf_ids = torch.zeros(most, dtype=torch.long, device=dev)
-            self._pf_index = torch.zeros(most, dtype=torch.long, device=dev)
-            self._pf_last = torch.zeros(rows, dtype=torch.long, device=dev)
-            self._pf_rows = torch.arange(rows, device=dev)
-            self._pf_logits = torch.zeros((rows, self.vocab_size), dtype=torch.float32, device=dev)
+            self.prefill_buckets = _prefill_buckets(
+                slots, lim.max_seq_len, min(PREFILL_GRAPH_TOKENS, lim.max_num_tokens)
+            )
+        if self.mixed_prefill_tokens:
+            self.mixed_buckets = _prefill_buckets(
+                slots, lim.max_seq_len, min(self.mixed_prefill_tokens, lim.max_num_tokens)
+            )
+        most = max((k * w for k, w in self.prefill_buckets), default=0)
+        rows = max((k for k, _ in self.prefill_buckets + self.mixed_buckets), default=0)
+        self._pf_ids = torch.zeros(most, dtype=torch.long, device=dev)
+        self._pf_index = torch.zeros(most, dtype=torch.long, device=dev)
+        self._pf_last = torch.zeros(rows, dtype=torch.long, device=dev)
+        self._pf_rows = torch.arange(rows, device=dev)
+        self._pf_logits = torch.zeros((rows, self.vocab_size), dtype=torch.float32, device=dev)
+        # a mixed step's ids, positions, flat slot positions and kept tokens
+        mixed = max((k * w for k, w in self.mixed_buckets), default=0)
+        self._mx = torch.zeros((4, slots + mixed if mixed else 0), dtype=torch.long, device=dev)
         pinned = dev.type == "cuda"
         # two: with async_decode one step's argmax is copied while the last one's is read
         self._host_packed = [
@@ -1025,8 +1073,10 @@ class Engine:
         logits = 3 * lim.max_batch_size * self.vocab_size * 4
         return activations + logits + ACTIVATION_SLACK_BYTES
 
-    def _prefill_slots(self, reqs: list[Request]) -> None:
-        """Prefill the admitted requests in groups of at most ``max_num_tokens`` padded tokens."""
+    def _prefill_slots(self, reqs: list[Request]) -> bool:
+        """Prefill the admitted requests: inside the next decode step where they fit a mixed
+        bucket (then True: the rows decoded one step), else in groups of at most
+        ``max_num_tokens`` padded tokens."""
         live = []
         for req in reqs:
             if req.cancelled:
@@ -1034,6 +1084,9 @@ class Engine:
             else:
                 live.append(req)
         live.sort(key=lambda r: len(r.prompt))
+        bucket = self._mixed_bucket(live) if live and self._rows else None
+        if bucket is not None:
+            return self._mixed_step(live, *bucket)
         group: list[Request] = []
         for req in live:
             if (
@@ -1045,6 +1098,12 @@ class Engine:
             group.append(req)
         if group:
             self._prefill_group(group)
+        return False
+
+    def _mixed_bucket(self, reqs: list[Request]) -> tuple[int, int] | None:
+        """The smallest mixed (requests, width) bucket that holds ``reqs``' prompts, if any."""
+        width = self._width(max(len(r.prompt) for r in reqs))
+        return next(((k, w) for k, w in self.mixed_buckets if k >= len(reqs) and w >= width), None)
 
     def _width(self, n: int) -> int:
         return min(self.limits.max_seq_len, -(-n // PREFILL_ALIGN) * PREFILL_ALIGN)
@@ -1064,7 +1123,18 @@ class Engine:
             self._finish(group[0], FINISH_ERROR, f"prefill failed: {type(exc).__name__}: {exc}")
             return
         tokens, lps, errors = self._sample(logits, group)
-        now = time.monotonic_ns()
+        self._join(group, tokens, lps, errors, time.monotonic_ns())
+
+    def _join(
+        self,
+        group: list[Request],
+        tokens: list[int],
+        lps: list[float],
+        errors: list[str | None],
+        now: int,
+    ) -> None:
+        """``group``, prefilled into slots ``_prefill_slot(i)``, joins the running rows with its
+        first tokens (a request whose sampling failed ends there)."""
         for i, req in enumerate(group):
             if errors[i] is not None:
                 self._finish(req, FINISH_ERROR, errors[i])
@@ -1196,19 +1266,107 @@ class Engine:
                 continue
             self._inflight.popleft()
             self.steps += 1
-            now = time.monotonic_ns()
-            for i, req in enumerate(step.rows):
-                if req.finish_reason is not None:
-                    continue  # it ended at the step before, after this one was launched
-                if errors[i] is not None:
-                    self._finish(req, FINISH_ERROR, errors[i])
-                    continue
-                req.kv_tokens += 1
-                self._emit(i, req, tokens[i], lps[i], now)
+            self._hand_out(step.rows, tokens, lps, errors)
             if not self._inflight or self._may_chain():
                 return
             # a row ended, wants something async_decode cannot give, or a request or task
             # waits: hand out the step in flight too, so rows leave and join between steps
+
+    def _hand_out(
+        self, rows: list[Request], tokens: list[int], lps: list[float], errors: list[str | None]
+    ) -> None:
+        """A decode step's token for each of ``rows`` (row ``i`` is slot ``i``)."""
+        now = time.monotonic_ns()
+        for i, req in enumerate(rows):
+            if req.finish_reason is not None:
+                continue  # it ended at the step before, after this one was launched
+            if errors[i] is not None:
+                self._finish(req, FINISH_ERROR, errors[i])
+                continue
+            req.kv_tokens += 1
+            self._emit(i, req, tokens[i], lps[i], now)
+
+    def _mixed_step(self, group: list[Request], rows: int, width: int) -> bool:
+        """One forward for the running rows' next decode step and ``group``'s prefill (the
+        (``rows``, ``width``) bucket: prompts right-padded, padding rows writing the scratch
+        slot, as ``_prefill_bucketed``); the rows' tokens are handed out, then ``group`` joins.
+        If it raises, ``group`` is prefilled on its own instead and False is returned (the rows
+        did not advance: the decode step that follows rewrites the same positions)."""
+        assert self.slots is not None
+        n, k, seq = len(self._rows), len(group), self.slots.seq
+        batch = next(b for b in self.batch_buckets if b >= n)
+        length = next(x for x in self.length_buckets if x > max(self._pos))
+        scratch = (self.slots.num_slots - 1) * seq
+        base = self._prefill_base = n
+        pad = batch - n
+        ids, pos = [*self._tok, *[0] * pad], [*self._pos, *[0] * pad]
+        index = [i * seq + p for i, p in enumerate(self._pos)] + [scratch] * pad
+        pick = list(range(batch))
+        for i in range(rows):
+            prompt = group[i].prompt if i < k else []
+            ids += [*prompt, *[0] * (width - len(prompt))]
+            pos += range(width)
+            start = (base + i) * seq if i < k else scratch
+            index += range(start, start + width)
+            pick.append(batch + i * width + max(len(prompt) - 1, 0))
+        try:
+            for i in range(n):
+                self.slots.touch(i, self._pos[i] + 1)
+            for i in range(k):
+                self.slots.claim(base + i, width)
+            self._load_mixed(ids, pos, index, pick)
+            _replay_or_run(self._mixed_captured, (batch, length, rows, width), self._mixed_body)
+            self._wait_for_device()
+            top, finite = self._out_packed[:, :n].tolist()
+            tokens, lps, errors = self._sample(self._out_logits[:n], self._rows, (top, finite))
+            first, first_lps, first_errors = self._sample(self._pf_logits[:k], group)
+        except Exception:  # noqa: BLE001 - each part again on its own, with its own isolation
+            log.warning(
+                "trtbuild portable runtime: a decode step with prefills failed; prefilling "
+                "on its own",
+                exc_info=True,
+            )
+            self._prefill_group(group)
+            return False
+        self.steps, self.mixed_steps = self.steps + 1, self.mixed_steps + 1
+        self.prefills, self.prefilled = self.prefills + 1, self.prefilled + k
+        self._pos = [p + 1 for p in self._pos]
+        self._hand_out(list(self._rows), tokens, lps, errors)
+        self._join(group, first, first_lps, first_errors, time.monotonic_ns())
+        return True
+
+    def _load_mixed(
+        self, ids: list[int], pos: list[int], index: list[int], pick: list[int]
+    ) -> None:
+        """A mixed step's inputs: each token's id, position and flat slot position; the tokens
+        whose logits it keeps (each row's, then each prompt's last)."""
+        total = len(ids)
+        rows = [ids, pos, index, pick + [0] * (total - len(pick))]
+        self._mx[:, :total].copy_(torch.tensor(rows, dtype=torch.long))
+
+    def _mixed_body(self, batch: int, length: int, rows: int, width: int) -> None:
+        """A mixed step as its CUDA graph captures it: ``batch`` decode tokens then ``rows`` x
+        ``width`` prompt tokens from ``_mx``; the rows' logits and argmax into ``_out_logits`` /
+        ``_out_packed``, the logits after each prompt's last token into ``_pf_logits``."""
+        assert self.slots is not None
+        total = batch + rows * width
+        ids, pos = self._mx[0, :total], self._mx[1, :total]
+        self.slots.index = self._mx[2, :total]
+        mask = _decode_mask(pos[:batch], self._arange[:length], self.dtype)
+        self.slots.mixed = (batch, rows, width, mask)
+        try:
+            hidden = self._decoder(
+                input_ids=ids.unsqueeze(0),
+                position_ids=pos.unsqueeze(0),
+                attention_mask=None,
+                past_key_values=self.slots,
+                use_cache=True,
+            ).last_hidden_state
+        finally:
+            self.slots.mixed = None
+        logits = self._lm_head(hidden[0, self._mx[3, : batch + rows]]).float()
+        self._put_decode_logits(logits[:batch])
+        self._pf_logits[:rows].copy_(logits[batch:])
 
     def _may_chain(self) -> bool:
         """Whether the next step can be launched now, fed the in-flight step's argmax on the
@@ -1312,6 +1470,12 @@ class Engine:
                 logits = self._forward(ids, pos, window)
         finally:
             self.slots.decoding = False
+        self._put_decode_logits(logits)
+
+    def _put_decode_logits(self, logits: torch.Tensor) -> None:
+        """A decode step's logits ``[batch, vocab]`` float32, and each row's argmax and whether
+        its logits were finite, into the static outputs."""
+        batch = logits.shape[0]
         self._out_logits[:batch].copy_(logits)
         values, top = logits.max(dim=-1)
         self._out_packed[0, :batch].copy_(top)
@@ -1330,9 +1494,7 @@ class Engine:
         """The decoder's last hidden states for one token per row (``_decode_forward``)."""
         assert self.slots is not None
         self.slots.index = self._slot_base[: pos.shape[0]] + pos  # row i is slot i
-        visible = window.unsqueeze(0) <= pos.unsqueeze(1)
-        mask = torch.zeros(visible.shape, dtype=self.dtype, device=pos.device)
-        mask = mask.masked_fill(~visible, float("-inf"))[:, None, None, :]
+        mask = _decode_mask(pos, window, self.dtype)
         hidden: torch.Tensor = self._decoder(
             input_ids=ids.unsqueeze(1),
             position_ids=pos.unsqueeze(1),
@@ -1359,20 +1521,32 @@ class Engine:
             for i in range(batch):
                 self.slots.touch(i, 1)  # the warm-up runs write position 0 of free slots
             self.compile_seconds += self._capture(self.graphs, (batch, length), self._decode_body)
+        scratch = (self.slots.num_slots - 1) * self.slots.seq  # what the captures write
         for rows, width in sorted(self.prefill_buckets, key=lambda b: -b[0] * b[1]):
             if (rows, width) in self._prefill_captured:
                 continue
-            scratch = (self.slots.num_slots - 1) * self.slots.seq
-            index = (scratch + torch.arange(width)).repeat(rows)  # capture writes scratch only
+            index = (scratch + torch.arange(width)).repeat(rows)
             self._load_prefill(torch.zeros((rows, width), dtype=torch.long), index, [0] * rows)
             self._capture(self._prefill_captured, (rows, width), self._prefill_body)
+        for key in sorted(
+            ((b, x, k, w) for b in self.batch_buckets for x in self.length_buckets
+             for k, w in self.mixed_buckets),
+            key=lambda m: (-(m[0] + m[2] * m[3]), -m[1]),
+        ):  # fmt: skip
+            if key in self._mixed_captured:
+                continue
+            batch, _, rows, width = key
+            total = batch + rows * width
+            flat = [scratch] * batch + [scratch + j for _ in range(rows) for j in range(width)]
+            self._load_mixed([0] * total, [0] * total, flat, [0] * (batch + rows))
+            self._capture(self._mixed_captured, key, self._mixed_body)
         torch.cuda.synchronize(self.device)
 
     def _capture(
         self,
-        graphs: dict[tuple[int, int], Any],
-        key: tuple[int, int],
-        body: Callable[[int, int], None],
+        graphs: dict[tuple[int, ...], Any],
+        key: tuple[int, ...],
+        body: Callable[..., None],
     ) -> float:
         """Capture ``body(*key)`` into ``graphs[key]`` on a side stream (in the shared pool),
         after two eager runs for lazy initialisation (cuBLAS, compilation); their seconds."""
@@ -1511,6 +1685,8 @@ class _SlotCache:
         self.dirty = [0] * slots
         self.index: torch.Tensor | None = None
         self.decoding = False  # prefill: attention reads the new keys themselves
+        # a mixed step (engine._mixed_body): (decode rows, prompts, width, the rows' mask)
+        self.mixed: tuple[int, int, int, torch.Tensor] | None = None
 
     # transformers' Cache protocol, as far as the supported models use it
     is_compileable = False
@@ -1565,7 +1741,12 @@ def _slot_attention(
 ) -> tuple[torch.Tensor, None]:
     """transformers attention for ``_SlotCache``: causal over the new tokens in a prefill (no
     mask); in a decode step (one query per row, ``attention_mask`` ``[batch, 1, 1, L]``), the
-    query heads that share a KV head become that head's query length, so keys are read once."""
+    query heads that share a KV head become that head's query length, so keys are read once.
+    In a mixed step (``slot_cache``, the cache the fused layers pass, has ``mixed`` set) the
+    tokens are split into those two kinds (``_mixed_attention``)."""
+    cache = kwargs.get("slot_cache")
+    if cache is not None and cache.mixed is not None:
+        return _mixed_attention(cache, module.layer_idx, query, key, value, scaling)
     heads, kv_heads = query.shape[1], key.shape[1]
     groups = heads // kv_heads
     if attention_mask is None:
@@ -1589,6 +1770,40 @@ def _slot_attention(
             scale=scaling,
         ).reshape(b, heads, t, d)
     return out.transpose(1, 2).contiguous(), None
+
+
+def _mixed_attention(
+    cache: _SlotCache,
+    layer_idx: int,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    scaling: float | None,
+) -> tuple[torch.Tensor, None]:
+    """A mixed step's attention: ``query`` / ``key`` / ``value`` ``[1, heads, tokens, d]`` are the
+    decode rows' tokens (attending to their slots through the rows' mask, as a decode step), then
+    ``prompts`` x ``width`` prompt tokens (each prompt causal over itself, as a prefill)."""
+    assert cache.mixed is not None
+    batch, prompts, width, mask = cache.mixed
+    heads, d = query.shape[1], query.shape[3]
+    layer = cache.kv[layer_idx, :, :batch]  # [2, batch, max_seq_len, kv_heads, head_dim]
+    rows, _ = _slot_attention(
+        None,
+        query[0, :, :batch].transpose(0, 1).unsqueeze(2),
+        layer[0].transpose(1, 2),
+        layer[1].transpose(1, 2),
+        mask,
+        scaling=scaling,
+    )
+
+    def per_prompt(t: torch.Tensor) -> torch.Tensor:
+        return t[0, :, batch:].reshape(t.shape[1], prompts, width, d).transpose(0, 1)
+
+    prefill, _ = _slot_attention(
+        None, per_prompt(query), per_prompt(key), per_prompt(value), None, scaling=scaling
+    )
+    out = torch.cat([rows.reshape(batch, heads, d), prefill.reshape(prompts * width, heads, d)])
+    return out.unsqueeze(0), None
 
 
 _REGISTERED = threading.Lock()
@@ -1636,8 +1851,16 @@ def _slots_unsupported(model: Any, max_seq_len: int) -> str | None:
     return None
 
 
+def _decode_mask(pos: torch.Tensor, window: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The decode attention's additive mask ``[rows, 1, 1, L]``: each row sees the positions of
+    ``window`` (0..L-1) up to its own ``pos``."""
+    visible = window.unsqueeze(0) <= pos.unsqueeze(1)
+    mask = torch.zeros(visible.shape, dtype=dtype, device=pos.device)
+    return mask.masked_fill(~visible, float("-inf"))[:, None, None, :]
+
+
 def _replay_or_run(
-    graphs: dict[tuple[int, int], Any], key: tuple[int, int], body: Callable[[int, int], None]
+    graphs: dict[tuple[int, ...], Any], key: tuple[int, ...], body: Callable[..., None]
 ) -> None:
     """Replay ``key``'s captured graph, or run ``body(*key)`` eagerly where none was captured."""
     graph = graphs.get(key)
@@ -1647,11 +1870,9 @@ def _replay_or_run(
         body(*key)
 
 
-def _prefill_buckets(slots: int, max_seq_len: int, max_num_tokens: int) -> list[tuple[int, int]]:
-    """(requests, width) buckets of the small prefills, smallest first: requests 1, 2, 4, 8
-    (at most the batch), widths 64, 128, ... (at most max_seq_len), at most
-    ``PREFILL_GRAPH_TOKENS`` (and max_num_tokens) padded tokens each."""
-    limit = min(PREFILL_GRAPH_TOKENS, max_num_tokens)
+def _prefill_buckets(slots: int, max_seq_len: int, limit: int) -> list[tuple[int, int]]:
+    """(requests, width) buckets of small prefills, smallest first: requests 1, 2, 4, 8 (at most
+    the batch), widths 64, 128, ... (at most max_seq_len), at most ``limit`` padded tokens each."""
     widths = [w for w in _buckets(max_seq_len, min(64, max_seq_len)) if w <= limit]
     counts = [k for k in (1, 2, 4, 8) if k <= slots]
     return sorted(

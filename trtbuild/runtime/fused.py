@@ -230,7 +230,9 @@ def _layer_forward(
     cos, sin = position_embeddings
     q, key = k.rotary(q, key, cos, sin)
     key, value = past_key_values.update(key, value, attn.layer_idx)
-    out, _ = self._trtbuild_attention(attn, q, key, value, attention_mask, scaling=attn.scaling)
+    out, _ = self._trtbuild_attention(
+        attn, q, key, value, attention_mask, scaling=attn.scaling, slot_cache=past_key_values
+    )
     h = attn.o_proj(out.reshape(b, t, -1))
     h, residual = k.add_norm(h, hidden_states, self.post_attention_layernorm.weight, f.eps_post)
     gate_up = F.linear(h, f.gate_up_weight, f.gate_up_bias)

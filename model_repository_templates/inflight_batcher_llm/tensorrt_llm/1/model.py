@@ -91,6 +91,11 @@ def _auto_flag(value):
     return None if str(value).strip().lower() in ("", "auto") else _param_flag(value)
 
 
+def _auto_int(value):
+    """``auto`` (or empty): None, the engine decides; else a whole number."""
+    return None if str(value).strip().lower() in ("", "auto") else int(value)
+
+
 def _instance_placement(args, config, params, local_ranks=1, local_rank=0):
     """(device, torch threads) of this instance. A ``KIND_GPU`` instance runs on the GPU Triton
     gave it (``model_instance_device_id``); a rank of a tensor-parallel group on the GPU of its
@@ -181,6 +186,7 @@ class TritonPythonModel:
             async_decode=_auto_flag(params.get("async_decode", "auto")),
             admission_wait_ms=float(params.get("admission_wait_ms", "0")),
             prefill_graphs=_auto_flag(params.get("prefill_graphs", "auto")),
+            mixed_prefill_tokens=_auto_int(params.get("mixed_prefill_tokens", "auto")),
         )
         if group is not None and not group.leader:
             # like TensorRT-LLM's ranks above 0, this one never finishes loading: it follows rank
@@ -250,7 +256,9 @@ class TritonPythonModel:
             f"max_batch_size={self.engine.limits.max_batch_size} max_seq_len={limits.max_seq_len} "
             f"kv_cache={self.engine.kv_layout} cuda_graphs={len(self.engine.graphs)} "
             f"fused_layers={self.engine.fused_layers} async_decode={self.engine.async_decode} "
-            f"prefill_graphs={len(self.engine._prefill_captured)}"
+            f"prefill_graphs={len(self.engine._prefill_captured)} "
+            f"mixed_prefill_tokens={self.engine.mixed_prefill_tokens} "
+            f"mixed_graphs={len(self.engine._mixed_captured)}"
         )
 
     # -- requests -------------------------------------------------------------------------------
