@@ -227,7 +227,14 @@ def run_loops(engine: Engine, vocab: int, plan: list[tuple[int, int]], tag: str)
 
 
 def graph_step_ms(engine: Engine, batch: int, length: int, reps: int = 30) -> float | None:
-    graph = engine.graphs.get((batch, length))
+    return graph_ms(engine.graphs, (batch, length), reps)
+
+
+def graph_ms(
+    graphs: dict[tuple[int, ...], Any], key: tuple[int, ...], reps: int = 30
+) -> float | None:
+    """The mean GPU time of one replay of ``graphs[key]`` (None: not captured)."""
+    graph = graphs.get(key)
     if graph is None:
         return None
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -469,12 +476,28 @@ def phase_async_ab(args: argparse.Namespace, model: Any) -> dict[str, Any]:
 
 def phase_mixed_ab(args: argparse.Namespace, model: Any) -> dict[str, Any]:
     """Arrivals prefilled inside decode steps (mixed_prefill_tokens, the default) against
-    prefilled on their own before the next step, same engine otherwise."""
+    prefilled on their own before the next step, same engine otherwise; and the GPU time of
+    the batch-64 mixed steps' graphs against the plain step's."""
     plan = [(1, 8), (16, 64), (64, 384)]
     return {
         "separate": engine_run(model, "prefills alone", plan, steps=False, mixed_prefill_tokens=0),
-        "mixed": engine_run(model, "mixed prefills", plan, steps=False),
+        "mixed": engine_run(model, "mixed prefills", plan, steps=False, mixed_ms=True),
     }
+
+
+def mixed_graph_ms(engine: Engine, batch: int = 64, length: int = 256) -> dict[str, Any]:
+    """GPU ms of each (``batch``, ``length``, requests, width) mixed graph, inputs that write
+    the scratch slot only (as at capture), and of the plain decode step beside them."""
+    assert engine.slots is not None
+    out: dict[str, Any] = {f"decode_b{batch}_L{length}": graph_step_ms(engine, batch, length)}
+    scratch = (engine.slots.num_slots - 1) * engine.slots.seq
+    for rows, width in engine.mixed_buckets:
+        total = batch + rows * width
+        flat = [scratch] * batch + [scratch + j for _ in range(rows) for j in range(width)]
+        engine._load_mixed([[0] * total, [0] * total, flat, [0] * (batch + 2 * rows)])
+        key = (batch, length, rows, width)
+        out[f"mixed_b{batch}_L{length}_{rows}x{width}"] = graph_ms(engine._mixed_captured, key)
+    return out
 
 
 GEMM_MARKS = ("gemm", "nvjet", "cutlass", "sm90_", "sm100_", "cublas")
@@ -793,7 +816,12 @@ def phase_kernels(args: argparse.Namespace, model: Any) -> dict[str, Any]:
 
 
 def engine_run(
-    model: Any, tag: str, plan: list[tuple[int, int]], steps: bool = True, **kwargs: Any
+    model: Any,
+    tag: str,
+    plan: list[tuple[int, int]],
+    steps: bool = True,
+    mixed_ms: bool = False,
+    **kwargs: Any,
 ) -> dict[str, Any]:
     """One engine: warm-up, the GPU time of its graph steps and prefills (``steps``), then the
     closed loops of ``plan`` (concurrency, requests)."""
@@ -833,6 +861,9 @@ def engine_run(
     if steps:
         engine._on_engine_thread(measure)
     loops = run_loops(engine, vocab, plan, tag)
+    mixed: dict[str, Any] = {}
+    if mixed_ms:
+        engine._on_engine_thread(lambda: mixed.update(mixed_graph_ms(engine)))
     memory["peak_reserved"] = torch.cuda.max_memory_reserved()
     memory["peak_allocated"] = torch.cuda.max_memory_allocated()
     memory["nvidia_smi_used_mib_after_loops"] = gpu_memory_used_mib()
@@ -852,10 +883,12 @@ def engine_run(
         "chained_steps": engine.chained_steps,
         "prefills": engine.prefills,
         "prefilled": engine.prefilled,
+        "synced_launches": engine.synced_launches,
         "mixed_steps": engine.mixed_steps,
         "graphs_mixed": len(engine._mixed_captured),
         "graphs_prefill": len(engine._prefill_captured),
         "step_gpu_ms": step_ms,
+        "mixed_graph_ms": mixed,
         "prefill": prefills,
         "loops": loops,
     }
@@ -1047,7 +1080,7 @@ def _variant(
 # _variant(2, "auto", mixed="0").
 # Round 4: arrivals prefilled inside decode steps against on their own
 SERVED_VARIANTS = {
-    "prefills alone (the previous defaults)": _variant(2, "auto", mixed="0"),
+    "mixed_prefill_tokens 0 (prefills alone)": _variant(2, "auto", mixed="0"),
     "mixed prefills (the defaults)": _variant(2, "auto"),
 }
 

@@ -709,9 +709,10 @@ def test_bucketed_prefills_pad_into_the_scratch_slot_only(
 
 def test_arrivals_are_prefilled_inside_decode_steps(tiny_model: Path, reference: Reference) -> None:
     """While a row decodes, arrivals that fit a mixed bucket are prefilled in the same forward as
-    its next step: alone, two at once (one bucket of two), three into a bucket of four whose
-    padding row writes the scratch slot only; a prompt wider than every mixed bucket is
-    prefilled on its own; every output equals generate's."""
+    its next step, launched while the last step is in flight: alone, two at once (one bucket of
+    two), three into a bucket of four whose padding row writes the scratch slot only; they take
+    the rows of requests that ended without the steps draining; a prompt wider than every mixed
+    bucket is prefilled on its own; every output equals generate's."""
     eng = Engine(
         str(tiny_model),
         limits=EngineLimits(max_batch_size=8, max_seq_len=512, max_num_tokens=512),
@@ -730,6 +731,7 @@ def test_arrivals_are_prefilled_inside_decode_steps(tiny_model: Path, reference:
         running = Run(eng, [1, 9, 8, 7], 200, end_id=-1)
         while not running.events:
             time.sleep(0.001)
+        synced = eng.synced_launches
         alone = Run(eng, [1, 5, 6, 7, 8], 10, end_id=-1).wait()
         assert alone.tokens == reference.greedy([1, 5, 6, 7, 8], 10)
         assert eng.mixed_steps == 1 and eng.prefilled == 2
@@ -755,6 +757,8 @@ def test_arrivals_are_prefilled_inside_decode_steps(tiny_model: Path, reference:
                 assert done.acquire(timeout=60)
         assert got == [reference.greedy(p, 9) for p in pair + trio]
         assert eng.mixed_steps - before == 2  # one step each group, as it arrived whole
+        assert eng.synced_launches == synced  # every one launched while a step was in flight
+        assert len(eng._rows) <= 4  # the pair and the trio took the rows of those that ended
         assert not bool(scratch[:, :, :64].isnan().any())  # the trio's padding row wrote it
         assert bool(scratch[:, :, 128:].isnan().all())
         wide = [1] + [(j * 3) % 1700 + 2 for j in range(299)]  # width 304: wider than 256

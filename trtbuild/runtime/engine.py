@@ -252,6 +252,7 @@ class Request:
     _generator: torch.Generator | None = None
     _bias: torch.Tensor | None = None
     _admitted: int = 0  # admission order: the newest row is dropped first when a step fails
+    _solo: bool = False  # its prefill inside a decode step failed: prefilled on its own instead
     _pending: list[int] = dataclasses.field(default_factory=list)
     _pending_lp: list[float] = dataclasses.field(default_factory=list)
 
@@ -270,12 +271,16 @@ class Request:
 @dataclasses.dataclass(eq=False)
 class _Step:
     """A launched decode step: its rows (as they were at launch), where its argmax lands on the
-    host, the event after that copy (CUDA), and the positions it fed."""
+    host, the event after that copy (CUDA), and the positions it fed; a mixed step also the
+    requests it prefilled, the rows they took, and the ended requests whose rows they took."""
 
     rows: list[Request]
     host: torch.Tensor
     event: Any
     pos: list[int]
+    joined: list[Request] = dataclasses.field(default_factory=list)
+    places: list[int] = dataclasses.field(default_factory=list)
+    replaced: list[tuple[int, Request]] = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -401,6 +406,7 @@ class Engine:
         self._inflight: collections.deque[_Step] = collections.deque()
         self._flip = 0  # which host buffer the next step's argmax goes to
         self.chained_steps = 0  # decode steps launched fed on the device (async_decode)
+        self.synced_launches = 0  # decode steps launched after the steps in flight drained
         self.prefills = 0  # prefill forwards (a batched one counts once)
         self.prefilled = 0  # requests they prefilled
         self.admission_wait_s = max(0.0, float(admission_wait_ms)) / 1e3
@@ -542,7 +548,8 @@ class Engine:
 
     @property
     def active(self) -> int:
-        return len(self._rows)
+        """Running requests (rows that ended but stay while steps chain are not counted)."""
+        return sum(r.finish_reason is None for r in list(self._rows))
 
     @property
     def waiting(self) -> int:
@@ -616,19 +623,18 @@ class Engine:
                 if self._group is not None and not (tasks or self._admitting or self._rows):
                     self._group.send(_parallel.OP_NOOP, [])
                     continue
-                advanced = False  # a mixed step decoded the rows already
                 with torch.inference_mode():
                     for task in tasks:
                         task.run()
                     if self.slots is not None:
-                        advanced = self._prefill_slots(list(self._admitting))
+                        self._prefill_slots(list(self._admitting))
                     else:
                         for req in list(self._admitting):
                             self._prefill(req)
                             self._admitting.remove(req)
                     self._admitting = []
                     self._drop_finished()
-                    if self._rows and not advanced:
+                    if self._rows:
                         if self.slots is not None:
                             self._decode_step_slots()
                         else:
@@ -710,16 +716,19 @@ class Engine:
         free row, or when the oldest has waited ``admission_wait_ms``."""
         if not self._queue or not self._rows or self.admission_wait_s <= 0:
             return True
-        if len(self._queue) >= self.limits.max_batch_size - len(self._rows):
+        if len(self._queue) >= self.limits.max_batch_size - len(self._live()):
             return True
         return time.perf_counter() - self._queue[0].submitted_at >= self.admission_wait_s
 
-    def _admit_locked(self) -> list[Request]:
+    def _admit_locked(self, riders: bool = False) -> list[Request]:
+        """Take waiting requests into the batch. ``riders``: while steps chain, only requests
+        that can ride on the next step (``_can_ride``), into ended rows or free ones."""
         admitted: list[Request] = []
         if not self._admission_due():
             return admitted
         budget = self.limits.max_num_tokens
-        free = self.limits.max_batch_size - len(self._rows)
+        live = sum(r.finish_reason is None for r in self._rows)
+        free = self.limits.max_batch_size - (live if riders else len(self._rows))
         mixing = bool(self.mixed_buckets and self._rows)
         now = time.monotonic_ns()
         while self._queue and len(admitted) < free:
@@ -728,6 +737,8 @@ class Engine:
                 self._queue.popleft()
                 self._finish(req, FINISH_CANCELLED)
                 continue
+            if riders and not self._can_ride(req):
+                break
             if admitted and len(req.prompt) > budget:
                 break  # prefill budget for this iteration is spent; decode first
             if (
@@ -859,9 +870,19 @@ class Engine:
         except Exception:  # noqa: BLE001 - its consumer is broken; the request is over anyway
             log.exception("trtbuild portable runtime: a request's final event failed")
 
-    def _drop_newest(self, exc: Exception) -> None:
-        """A decode step failed: end the most recently admitted row so the step can be retried."""
-        victim = max(self._rows, key=lambda r: r._admitted)
+    def _drop_newest(self, exc: Exception, joining: list[Request] | None = None) -> None:
+        """A decode step failed: end the most recently admitted request, running or
+        ``joining`` (prefilled by a step that was in flight), so the step can be retried; the
+        other joining requests go back to the head of the queue."""
+        joining = joining or []
+        victim = max(
+            [r for r in self._rows if r.finish_reason is None] + joining,
+            key=lambda r: r._admitted,
+        )
+        rest = [r for r in joining if r is not victim]
+        if rest:
+            with self._cv:
+                self._queue.extendleft(reversed(rest))
         self._finish(
             victim,
             FINISH_ERROR,
@@ -1011,7 +1032,9 @@ class Engine:
         self._slot_base = torch.arange(slots + 1, device=dev) * lim.max_seq_len
         self._arange = torch.arange(lim.max_seq_len, device=dev)
         self._out_logits = torch.zeros((slots, self.vocab_size), dtype=torch.float32, device=dev)
-        self._out_packed = torch.zeros((2, slots), dtype=torch.long, device=dev)  # argmax, finite
+        # each row's argmax and whether its logits were finite; one more column, where a mixed
+        # step's padding prompts put theirs
+        self._out_packed = torch.zeros((2, slots + 1), dtype=torch.long, device=dev)
         if self.prefill_graphs:
             self.prefill_buckets = _prefill_buckets(
                 slots, lim.max_seq_len, min(PREFILL_GRAPH_TOKENS, lim.max_num_tokens)
@@ -1029,12 +1052,17 @@ class Engine:
         self._pf_logits = torch.zeros((rows, self.vocab_size), dtype=torch.float32, device=dev)
         # a mixed step's ids, positions, flat slot positions and kept tokens
         mixed = max((k * w for k, w in self.mixed_buckets), default=0)
-        self._mx = torch.zeros((4, slots + mixed if mixed else 0), dtype=torch.long, device=dev)
+        self._mx = torch.zeros((5, slots + mixed if mixed else 0), dtype=torch.long, device=dev)
         pinned = dev.type == "cuda"
         # two: with async_decode one step's argmax is copied while the last one's is read
         self._host_packed = [
-            torch.zeros((2, slots), dtype=torch.long, pin_memory=pinned) for _ in range(2)
+            torch.zeros((2, slots + 1), dtype=torch.long, pin_memory=pinned) for _ in range(2)
         ]
+        # a mixed step's inputs (``_load_mixed``): one buffer per step that may be in flight
+        self._mx_host = [
+            torch.zeros(self._mx.shape, dtype=torch.long, pin_memory=pinned) for _ in range(2)
+        ]
+        self._mx_flip = 0
 
     def _fuse_layers(self, wanted: bool | None, compile: bool) -> None:
         assert self.slots is not None
@@ -1073,9 +1101,9 @@ class Engine:
         logits = 3 * lim.max_batch_size * self.vocab_size * 4
         return activations + logits + ACTIVATION_SLACK_BYTES
 
-    def _prefill_slots(self, reqs: list[Request]) -> bool:
-        """Prefill the admitted requests: inside the next decode step where they fit a mixed
-        bucket (then True: the rows decoded one step), else in groups of at most
+    def _prefill_slots(self, reqs: list[Request]) -> None:
+        """Prefill the admitted requests: launched inside the next decode step where they fit a
+        mixed bucket (``_decode_step_slots`` hands it out), else in groups of at most
         ``max_num_tokens`` padded tokens."""
         live = []
         for req in reqs:
@@ -1084,9 +1112,16 @@ class Engine:
             else:
                 live.append(req)
         live.sort(key=lambda r: len(r.prompt))
-        bucket = self._mixed_bucket(live) if live and self._rows else None
-        if bucket is not None:
-            return self._mixed_step(live, *bucket)
+        if live and self._rows and self._mixed_bucket(live) is not None:
+            try:
+                self._inflight.append(self._launch(chained=False, group=live))
+                return
+            except Exception:  # noqa: BLE001 - prefilled on their own, with their own isolation
+                log.warning(
+                    "trtbuild portable runtime: a decode step with prefills failed; prefilling "
+                    "on its own",
+                    exc_info=True,
+                )
         group: list[Request] = []
         for req in live:
             if (
@@ -1098,10 +1133,11 @@ class Engine:
             group.append(req)
         if group:
             self._prefill_group(group)
-        return False
 
     def _mixed_bucket(self, reqs: list[Request]) -> tuple[int, int] | None:
         """The smallest mixed (requests, width) bucket that holds ``reqs``' prompts, if any."""
+        if any(r._solo for r in reqs):
+            return None
         width = self._width(max(len(r.prompt) for r in reqs))
         return next(((k, w) for k, w in self.mixed_buckets if k >= len(reqs) and w >= width), None)
 
@@ -1246,31 +1282,38 @@ class Engine:
 
     def _decode_step_slots(self) -> None:
         """Hand out one decode step's tokens (with ``async_decode``, launching the next step
-        first); a step that raises is retried without the newest row."""
+        first, with the waiting requests that can ride on it); a step that raises is retried
+        without the newest row."""
         assert self.slots is not None
         while self._rows:
             try:
                 if not self._inflight:
                     self._inflight.append(self._launch(chained=False))
                 if self._may_chain():
-                    self._inflight.append(self._launch(chained=True))
+                    self._chain()
                 step = self._inflight[0]
-                argmax = self._collect(step)
-                logits = self._out_logits[: len(step.rows)]
-                tokens, lps, errors = self._sample(logits, step.rows, argmax)
+                top, finite = self._collect(step)
+                n = len(step.rows)
+                logits = self._out_logits[:n]
+                tokens, lps, errors = self._sample(logits, step.rows, (top[:n], finite[:n]))
+                if step.joined:
+                    picked = ([top[p] for p in step.places], [finite[p] for p in step.places])
+                    first = self._sample(self._pf_logits[: len(step.joined)], step.joined, picked)
             except Exception as exc:  # noqa: BLE001 - retry the step without the newest row
                 if self._group is not None:
                     raise  # the followers ran (part of) it: the ranks no longer agree
-                self._rewind()
-                self._drop_newest(exc)
+                self._drop_newest(exc, self._rewind())
                 continue
             self._inflight.popleft()
             self.steps += 1
             self._hand_out(step.rows, tokens, lps, errors)
+            if step.joined:
+                self._welcome(step.places, step.joined, *first)
             if not self._inflight or self._may_chain():
                 return
-            # a row ended, wants something async_decode cannot give, or a request or task
-            # waits: hand out the step in flight too, so rows leave and join between steps
+            # a row was cancelled or wants something async_decode cannot give, every row
+            # ended, or a request or task waits that cannot ride on a step: hand out the step
+            # in flight too, so rows leave and join between steps
 
     def _hand_out(
         self, rows: list[Request], tokens: list[int], lps: list[float], errors: list[str | None]
@@ -1286,68 +1329,193 @@ class Engine:
             req.kv_tokens += 1
             self._emit(i, req, tokens[i], lps[i], now)
 
-    def _mixed_step(self, group: list[Request], rows: int, width: int) -> bool:
-        """One forward for the running rows' next decode step and ``group``'s prefill (the
-        (``rows``, ``width``) bucket: prompts right-padded, padding rows writing the scratch
-        slot, as ``_prefill_bucketed``); the rows' tokens are handed out, then ``group`` joins.
-        If it raises, ``group`` is prefilled on its own instead and False is returned (the rows
-        did not advance: the decode step that follows rewrites the same positions)."""
+    def _welcome(
+        self,
+        places: list[int],
+        group: list[Request],
+        tokens: list[int],
+        lps: list[float],
+        errors: list[str | None],
+    ) -> None:
+        """The first tokens of ``group``, prefilled into rows ``places`` by a mixed step."""
+        now = time.monotonic_ns()
+        for row, req, token, lp, error in zip(places, group, tokens, lps, errors, strict=True):
+            if error is not None:
+                self._finish(req, FINISH_ERROR, error)
+                continue
+            req.kv_tokens = len(req.prompt)
+            self._emit(row, req, token, lp, now)
+
+    def _live(self) -> list[Request]:
+        return [r for r in self._rows if r.finish_reason is None]
+
+    def _joinable(self, live: int) -> bool:
+        """Whether a waiting request should join now (a row is free and admission is due)."""
+        return bool(self._queue) and live < self.limits.max_batch_size and self._admission_due()
+
+    def _can_ride(self, req: Request) -> bool:
+        """Whether ``req`` can be prefilled inside a chained step: a mixed bucket holds it and
+        the device's argmax is its first token (greedy, nothing applied, no log probs)."""
+        return not req.return_log_probs and req._simple() and self._mixed_bucket([req]) is not None
+
+    def _may_chain(self) -> bool:
+        """Whether the next step can be launched now, fed the in-flight step's argmax on the
+        device: every running row greedy with nothing applied to its logits and no log probs
+        (the argmax is its token), none cancelled, each one's next position inside its slot,
+        nothing waiting to run on this thread, and any request waiting for a free row able to
+        ride on that step. Rows that ended stay in the batch meanwhile (their tokens are thrown
+        away) until a request takes their row or the steps drain."""
+        if not self.async_decode or len(self._inflight) != 1 or self._tasks or self._stop:
+            return False
         assert self.slots is not None
-        n, k, seq = len(self._rows), len(group), self.slots.seq
-        batch = next(b for b in self.batch_buckets if b >= n)
-        length = next(x for x in self.length_buckets if x > max(self._pos))
-        scratch = (self.slots.num_slots - 1) * seq
-        base = self._prefill_base = n
-        pad = batch - n
-        ids, pos = [*self._tok, *[0] * pad], [*self._pos, *[0] * pad]
-        index = [i * seq + p for i, p in enumerate(self._pos)] + [scratch] * pad
-        pick = list(range(batch))
-        for i in range(rows):
-            prompt = group[i].prompt if i < k else []
-            ids += [*prompt, *[0] * (width - len(prompt))]
-            pos += range(width)
-            start = (base + i) * seq if i < k else scratch
-            index += range(start, start + width)
-            pick.append(batch + i * width + max(len(prompt) - 1, 0))
+        live = [
+            (r, p) for r, p in zip(self._rows, self._pos, strict=True) if r.finish_reason is None
+        ]
+        if not live or max(p for _, p in live) >= self.slots.seq:
+            return False
+        if not all(not r.cancelled and not r.return_log_probs and r._simple() for r, _ in live):
+            return False
+        if self._joinable(len(live)):
+            return self._can_ride(self._queue[0])
+        return True
+
+    def _chain(self) -> None:
+        """Launch the next step fed on the device, with the waiting requests that can ride on
+        it (they join in ended rows, then free ones). If that mixed launch raises, they go
+        back to the queue, to be prefilled on their own."""
+        riders: list[Request] = []
+        if self._joinable(len(self._live())):
+            with self._cv:
+                riders = self._admit_locked(riders=True)
         try:
-            for i in range(n):
-                self.slots.touch(i, self._pos[i] + 1)
-            for i in range(k):
-                self.slots.claim(base + i, width)
-            self._load_mixed(ids, pos, index, pick)
-            _replay_or_run(self._mixed_captured, (batch, length, rows, width), self._mixed_body)
-            self._wait_for_device()
-            top, finite = self._out_packed[:, :n].tolist()
-            tokens, lps, errors = self._sample(self._out_logits[:n], self._rows, (top, finite))
-            first, first_lps, first_errors = self._sample(self._pf_logits[:k], group)
-        except Exception:  # noqa: BLE001 - each part again on its own, with its own isolation
+            self._inflight.append(self._launch(chained=True, group=riders))
+        except Exception:
+            if not riders:
+                raise
             log.warning(
                 "trtbuild portable runtime: a decode step with prefills failed; prefilling "
                 "on its own",
                 exc_info=True,
             )
-            self._prefill_group(group)
-            return False
-        self.steps, self.mixed_steps = self.steps + 1, self.mixed_steps + 1
-        self.prefills, self.prefilled = self.prefills + 1, self.prefilled + k
-        self._pos = [p + 1 for p in self._pos]
-        self._hand_out(list(self._rows), tokens, lps, errors)
-        self._join(group, first, first_lps, first_errors, time.monotonic_ns())
-        return True
+            for req in riders:
+                req._solo = True
+            with self._cv:
+                self._queue.extendleft(reversed(riders))
 
-    def _load_mixed(
-        self, ids: list[int], pos: list[int], index: list[int], pick: list[int]
+    def _launch(self, chained: bool, group: list[Request] | None = None) -> _Step:
+        """Launch one decode step for rows ``0..n-1`` at positions ``_pos``: fed ``_tok``, or
+        (``chained``) the argmax of the step launched before it, without waiting for it; with
+        ``group``, a mixed step that prefills those requests too (``_launch_mixed``). Rows
+        that ended stay at the last position of their slot."""
+        assert self.slots is not None
+        n, pos, seq = len(self._rows), self._pos, self.slots.seq
+        fed = [min(p, seq - 1) for p in pos]
+        batch = next(b for b in self.batch_buckets if b >= n)
+        length = next(x for x in self.length_buckets if x > max(fed))
+        step = _Step(list(self._rows), self._host_packed[self._flip], None, pos)
+        self._flip ^= 1
+        if chained:
+            self.chained_steps += 1
+        else:
+            self.synced_launches += 1
+        if group:
+            self._launch_mixed(step, group, batch, length, chained)
+        else:
+            if chained:
+                for i in range(n):
+                    self.slots.touch(i, fed[i] + 1)
+                self._ids[:n].copy_(self._out_packed[0, :n])
+                self._positions[:n].add_(1)  # padding rows stay at position 0
+            else:
+                pad = batch - n
+                tok, padded = self._tok + [0] * pad, fed + [0] * pad
+                if self._group is not None:
+                    self._group.send(_parallel.OP_DECODE, [n, batch, length, *tok, *padded])
+                self._load_step(n, tok, padded)
+            _replay_or_run(self.graphs, (batch, length), self._decode_body)
+            self._pos = [p + 1 for p in pos]
+        cols = len(self._rows)
+        step.host[:, :cols].copy_(self._out_packed[:, :cols], non_blocking=True)
+        if self.device.type == "cuda":
+            step.event = torch.cuda.Event()
+            step.event.record()
+        return step
+
+    def _launch_mixed(
+        self, step: _Step, group: list[Request], batch: int, length: int, chained: bool
     ) -> None:
-        """A mixed step's inputs: each token's id, position and flat slot position; the tokens
-        whose logits it keeps (each row's, then each prompt's last)."""
-        total = len(ids)
-        rows = [ids, pos, index, pick + [0] * (total - len(pick))]
-        self._mx[:, :total].copy_(torch.tensor(rows, dtype=torch.long))
+        """``_launch`` of a mixed step: the running rows' decode tokens, then ``group``'s prompts
+        right-padded into their (requests, width) bucket, whose padding rows write the scratch
+        slot; ``group`` takes the ended rows first, then free ones, and joins the batch now (the
+        step's own hand-out gives it its first tokens). Nothing changes if the forward raises."""
+        assert self.slots is not None
+        bucket = self._mixed_bucket(group)
+        assert bucket is not None
+        rows, width = bucket
+        n, k, seq = len(self._rows), len(group), self.slots.seq
+        ended = [i for i, r in enumerate(self._rows) if r.finish_reason is not None]
+        places = (ended + list(range(n, n + k)))[:k]
+        scratch = (self.slots.num_slots - 1) * seq
+        dummy = self._out_packed.shape[1] - 1  # where the padding rows' argmax goes
+        fed = [min(p, seq - 1) for p in self._pos]
+        pad = batch - n
+        ids, pos = [*self._tok, *[0] * pad], [*fed, *[0] * pad]
+        taken = set(places)
+        index = [scratch if i in taken else i * seq + p for i, p in enumerate(fed)]
+        index += [scratch] * pad
+        pick, dest = list(range(batch)), []
+        for i in range(rows):
+            prompt = group[i].prompt if i < k else []
+            ids += [*prompt, *[0] * (width - len(prompt))]
+            pos += range(width)
+            start = places[i] * seq if i < k else scratch
+            index += range(start, start + width)
+            pick.append(batch + i * width + max(len(prompt) - 1, 0))
+            dest.append(places[i] if i < k else dummy)
+        # each row's position as the next chained step's add_(1) expects it
+        after = fed + [0] * (max(places) + 1 - n)
+        for place, req in zip(places, group, strict=True):
+            after[place] = len(req.prompt) - 1
+        for i in range(n):
+            if i not in taken:
+                self.slots.touch(i, fed[i] + 1)
+        for place in places:
+            self.slots.claim(place, width)
+        self._load_mixed([ids, pos, index, pick + dest, after])
+        if chained:
+            self._mx[0, :n].copy_(self._out_packed[0, :n])
+        _replay_or_run(self._mixed_captured, (batch, length, rows, width), self._mixed_body)
+        self._positions[: len(after)].copy_(self._mx[4, : len(after)])
+        # the step ran: the group joins
+        self._pos = [p + 1 for p in self._pos] + [0] * (len(after) - n)
+        self._tok += [0] * (len(after) - n)
+        for place, req in zip(places, group, strict=True):
+            if place < n:
+                step.replaced.append((place, self._rows[place]))
+                self._rows[place] = req
+            else:
+                self._rows.append(req)
+            self._pos[place] = len(req.prompt)
+        step.joined, step.places = list(group), places
+        self.mixed_steps += 1
+        self.prefills, self.prefilled = self.prefills + 1, self.prefilled + k
+
+    def _load_mixed(self, rows: list[list[int]]) -> None:
+        """A mixed step's inputs, through a pinned buffer (a step may be in flight): each
+        token's id, position and flat slot position; the tokens whose logits it keeps (each
+        row's, then each prompt's last) and where each prompt's argmax goes; each row's position
+        afterwards."""
+        total = len(rows[0])
+        host = self._mx_host[self._mx_flip]
+        self._mx_flip ^= 1
+        host[:, :total] = torch.tensor([r + [0] * (total - len(r)) for r in rows])
+        self._mx[:, :total].copy_(host[:, :total], non_blocking=True)
 
     def _mixed_body(self, batch: int, length: int, rows: int, width: int) -> None:
         """A mixed step as its CUDA graph captures it: ``batch`` decode tokens then ``rows`` x
         ``width`` prompt tokens from ``_mx``; the rows' logits and argmax into ``_out_logits`` /
-        ``_out_packed``, the logits after each prompt's last token into ``_pf_logits``."""
+        ``_out_packed``, the logits after each prompt's last token into ``_pf_logits`` and its
+        argmax into its row's place in ``_out_packed``."""
         assert self.slots is not None
         total = batch + rows * width
         ids, pos = self._mx[0, :total], self._mx[1, :total]
@@ -1366,71 +1534,43 @@ class Engine:
             self.slots.mixed = None
         logits = self._lm_head(hidden[0, self._mx[3, : batch + rows]]).float()
         self._put_decode_logits(logits[:batch])
-        self._pf_logits[:rows].copy_(logits[batch:])
-
-    def _may_chain(self) -> bool:
-        """Whether the next step can be launched now, fed the in-flight step's argmax on the
-        device: every row greedy with nothing applied to its logits and no log probs (the
-        argmax is its token), no row ended or cancelled, nothing waiting to join a free row or
-        to run on this thread, and each row's next position inside its slot."""
-        if not self.async_decode or len(self._inflight) != 1 or self._tasks or self._stop:
-            return False
-        if self._queue and len(self._rows) < self.limits.max_batch_size and self._admission_due():
-            return False
-        assert self.slots is not None
-        return max(self._pos) < self.slots.seq and all(
-            r.finish_reason is None and not r.cancelled and not r.return_log_probs and r._simple()
-            for r in self._rows
-        )
-
-    def _launch(self, chained: bool) -> _Step:
-        """Launch one decode step for rows ``0..n-1`` at positions ``_pos``: fed ``_tok``, or
-        (``chained``) the argmax of the step launched before it, without waiting for it."""
-        assert self.slots is not None
-        n, pos = len(self._rows), self._pos
-        batch = next(b for b in self.batch_buckets if b >= n)
-        length = next(x for x in self.length_buckets if x > max(pos))
-        if chained:
-            for i in range(n):
-                self.slots.touch(i, pos[i] + 1)
-            self._ids[:n].copy_(self._out_packed[0, :n])
-            self._positions[:n].add_(1)  # padding rows stay at position 0
-            self.chained_steps += 1
-        else:
-            pad = batch - n
-            tok, padded = self._tok + [0] * pad, pos + [0] * pad
-            if self._group is not None:
-                self._group.send(_parallel.OP_DECODE, [n, batch, length, *tok, *padded])
-            self._load_step(n, tok, padded)
-        _replay_or_run(self.graphs, (batch, length), self._decode_body)
-        host = self._host_packed[self._flip]
-        self._flip ^= 1
-        host[:, :n].copy_(self._out_packed[:, :n], non_blocking=True)
-        event = None
-        if self.device.type == "cuda":
-            event = torch.cuda.Event()
-            event.record()
-        self._pos = [p + 1 for p in pos]
-        return _Step(list(self._rows), host, event, pos)
+        prompts = logits[batch:]
+        self._pf_logits[:rows].copy_(prompts)
+        values, top = prompts.max(dim=-1)
+        dest = self._mx[3, batch + rows : batch + 2 * rows]
+        self._out_packed[0].index_copy_(0, dest, top)
+        self._out_packed[1].index_copy_(0, dest, torch.isfinite(values).long())
 
     def _collect(self, step: _Step) -> tuple[list[int], list[int]]:
         """Wait for ``step`` without holding the GIL (the sender threads run meanwhile): each
-        row's argmax and whether its logits were finite (the logits stay in ``_out_logits``
-        until the next step writes them)."""
+        row's argmax and whether its logits were finite, for its rows and the rows it gave to
+        requests it prefilled (the logits stay in ``_out_logits`` / ``_pf_logits`` until the
+        next step writes them)."""
         if step.event is not None:
             step.event.synchronize()
-        packed = step.host[:, : len(step.rows)].tolist()
+        cols = max([len(step.rows), *(p + 1 for p in step.places)])
+        packed = step.host[:, :cols].tolist()
         return packed[0], packed[1]
 
-    def _rewind(self) -> None:
-        """A step failed: forget the steps in flight; rows go back to the oldest one's positions
-        (their tokens ``_tok`` are its inputs: nothing after it was handed out)."""
+    def _rewind(self) -> list[Request]:
+        """A step failed: forget the steps in flight; rows go back to the oldest one's rows and
+        positions (their tokens ``_tok`` are its inputs: nothing after it was handed out). The
+        requests those steps prefilled, which no longer have a row."""
         if not self._inflight:
-            return
+            return []
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)  # nothing launched may still write the cache
-        self._pos = list(self._inflight[0].pos)
+        oldest = self._inflight[0]
+        joined: list[Request] = []
+        for step in reversed(self._inflight):
+            for place, req in step.replaced:
+                self._rows[place] = req
+            joined = step.joined + joined
+        n = len(oldest.rows)
+        del self._rows[n:], self._tok[n:]
+        self._pos = list(oldest.pos)
         self._inflight.clear()
+        return joined
 
     def _load_step(self, n: int, tok: list[int], pos: list[int]) -> None:
         """A decode step's inputs for rows ``0..n-1`` (and padding rows to ``len(tok)``): each
@@ -1493,7 +1633,8 @@ class Engine:
     ) -> torch.Tensor:
         """The decoder's last hidden states for one token per row (``_decode_forward``)."""
         assert self.slots is not None
-        self.slots.index = self._slot_base[: pos.shape[0]] + pos  # row i is slot i
+        # row i is slot i; a row that ended may be fed past its slot's end: it writes the last
+        self.slots.index = self._slot_base[: pos.shape[0]] + pos.clamp(max=self.slots.seq - 1)
         mask = _decode_mask(pos, window, self.dtype)
         hidden: torch.Tensor = self._decoder(
             input_ids=ids.unsqueeze(1),
@@ -1538,7 +1679,7 @@ class Engine:
             batch, _, rows, width = key
             total = batch + rows * width
             flat = [scratch] * batch + [scratch + j for _ in range(rows) for j in range(width)]
-            self._load_mixed([0] * total, [0] * total, flat, [0] * (batch + rows))
+            self._load_mixed([[0] * total, [0] * total, flat, [0] * (batch + 2 * rows)])
             self._capture(self._mixed_captured, key, self._mixed_body)
         torch.cuda.synchronize(self.device)
 
@@ -1607,8 +1748,9 @@ class Engine:
             packed = stacked.tolist()
         else:
             packed = [list(argmax[0]), list(argmax[1])]
-        simple = [r._simple() for r in reqs]
-        want_lp = [r.return_log_probs and simple[i] for i, r in enumerate(reqs)]
+        ended = [r.finish_reason is not None for r in reqs]  # rows kept while steps chain
+        simple = [ended[i] or r._simple() for i, r in enumerate(reqs)]
+        want_lp = [r.return_log_probs and simple[i] and not ended[i] for i, r in enumerate(reqs)]
         if any(want_lp):
             top_ids = torch.tensor(packed[0], device=logits.device).unsqueeze(1)
             lps = torch.log_softmax(logits, dim=-1).gather(1, top_ids).squeeze(1).tolist()
@@ -1617,6 +1759,8 @@ class Engine:
         tokens: list[int] = packed[0]
         errors: list[str | None] = [None] * n
         for i, req in enumerate(reqs):
+            if ended[i]:
+                continue
             if simple[i]:
                 if not packed[1][i]:
                     errors[i] = (

@@ -644,8 +644,10 @@ class TritonPythonModel:
         engine = self.engine
         pb_utils.Logger.log_info(
             f"trtbuild portable runtime stopped: {engine.steps} decode steps "
-            f"({engine.chained_steps} launched before the last one's tokens were handed out), "
-            f"{engine.prefills} prefills of {engine.prefilled} requests"
+            f"({engine.chained_steps} launched before the last one's tokens were handed out, "
+            f"{engine.synced_launches} after the steps in flight drained), "
+            f"{engine.prefills} prefills of {engine.prefilled} requests "
+            f"({engine.mixed_steps} inside decode steps)"
         )
 
 
