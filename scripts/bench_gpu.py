@@ -490,11 +490,8 @@ def mixed_graph_ms(engine: Engine, batch: int = 64, length: int = 256) -> dict[s
     the scratch slot only (as at capture), and of the plain decode step beside them."""
     assert engine.slots is not None
     out: dict[str, Any] = {f"decode_b{batch}_L{length}": graph_step_ms(engine, batch, length)}
-    scratch = (engine.slots.num_slots - 1) * engine.slots.seq
     for rows, width in engine.mixed_buckets:
-        total = batch + rows * width
-        flat = [scratch] * batch + [scratch + j for _ in range(rows) for j in range(width)]
-        engine._load_mixed([[0] * total, [0] * total, flat, [0] * (batch + 2 * rows)])
+        engine._load_scratch_mixed(batch, rows, width)
         key = (batch, length, rows, width)
         out[f"mixed_b{batch}_L{length}_{rows}x{width}"] = graph_ms(engine._mixed_captured, key)
     return out

@@ -773,6 +773,29 @@ def test_arrivals_are_prefilled_inside_decode_steps(tiny_model: Path, reference:
         eng.stop()
 
 
+def test_the_capture_inputs_of_mixed_steps_write_the_scratch_slot_only(tiny_model: Path) -> None:
+    """What warm-up runs (and captures) for every mixed bucket writes no slot a row owns."""
+    import torch
+
+    eng = Engine(
+        str(tiny_model),
+        limits=EngineLimits(max_batch_size=4, max_seq_len=128, max_num_tokens=256),
+        kv_cache="slots",
+        fused_layers=True,
+        mixed_prefill_tokens=128,
+    )
+    assert eng.slots is not None and eng.mixed_buckets
+    kv = eng.slots.kv
+    kv.fill_(1.0)
+    with torch.inference_mode():
+        for batch in eng.batch_buckets:
+            for rows, width in eng.mixed_buckets:
+                eng._load_scratch_mixed(batch, rows, width)
+                eng._mixed_body(batch, eng.length_buckets[-1], rows, width)
+    assert bool((kv[:, :, :-1] == 1.0).all())
+    assert not bool((kv[:, :, -1, :64] == 1.0).any())
+
+
 def test_mixed_prefill_needs_fused_layers(tiny_model: Path) -> None:
     with pytest.raises(ValueError, match="fused_layers"):
         Engine(

@@ -1434,8 +1434,8 @@ class Engine:
                 self._load_step(n, tok, padded)
             _replay_or_run(self.graphs, (batch, length), self._decode_body)
             self._pos = [p + 1 for p in pos]
-        cols = len(self._rows)
-        step.host[:, :cols].copy_(self._out_packed[:, :cols], non_blocking=True)
+        # the whole buffer: a slice of it is not contiguous, and such a copy is not asynchronous
+        step.host.copy_(self._out_packed, non_blocking=True)
         if self.device.type == "cuda":
             step.event = torch.cuda.Event()
             step.event.record()
@@ -1506,10 +1506,20 @@ class Engine:
         row's, then each prompt's last) and where each prompt's argmax goes; each row's position
         afterwards."""
         total = len(rows[0])
+        rows = rows + [[]] * (self._mx.shape[0] - len(rows))
         host = self._mx_host[self._mx_flip]
         self._mx_flip ^= 1
         host[:, :total] = torch.tensor([r + [0] * (total - len(r)) for r in rows])
-        self._mx[:, :total].copy_(host[:, :total], non_blocking=True)
+        self._mx.copy_(host, non_blocking=True)  # whole: a slice's copy would not be asynchronous
+
+    def _load_scratch_mixed(self, batch: int, rows: int, width: int) -> None:
+        """Inputs for the (``batch``, any L, ``rows``, ``width``) mixed step that write the
+        scratch slot only (capture, timing)."""
+        assert self.slots is not None
+        scratch = (self.slots.num_slots - 1) * self.slots.seq
+        total = batch + rows * width
+        flat = [scratch] * batch + [scratch + j for _ in range(rows) for j in range(width)]
+        self._load_mixed([[0] * total, [0] * total, flat])
 
     def _mixed_body(self, batch: int, length: int, rows: int, width: int) -> None:
         """A mixed step as its CUDA graph captures it: ``batch`` decode tokens then ``rows`` x
@@ -1677,9 +1687,7 @@ class Engine:
             if key in self._mixed_captured:
                 continue
             batch, _, rows, width = key
-            total = batch + rows * width
-            flat = [scratch] * batch + [scratch + j for _ in range(rows) for j in range(width)]
-            self._load_mixed([[0] * total, [0] * total, flat, [0] * (batch + 2 * rows)])
+            self._load_scratch_mixed(batch, rows, width)
             self._capture(self._mixed_captured, key, self._mixed_body)
         torch.cuda.synchronize(self.device)
 
