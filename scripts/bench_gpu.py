@@ -1021,8 +1021,8 @@ def served_repo(args: argparse.Namespace) -> Any:
 
     model_dir = Path(args.model_dir)
     limits = ServingLimits(
-        max_batch_size=64, max_input_len=PROMPT, max_seq_len=PROMPT + OUTPUT, max_num_tokens=4096,
-        max_queue_size=256,
+        max_batch_size=64, max_input_len=PROMPT, max_seq_len=PROMPT + OUTPUT,
+        max_num_tokens=args.max_num_tokens, max_queue_size=256,
     )  # fmt: skip
     spec = RepoSpec(
         runtime="torch", engine_dir=model_dir, tokenizer_dir=model_dir, end_id=2, pad_id=3,
@@ -1316,6 +1316,12 @@ def main() -> int:
     parser.add_argument("--phases", default="env,parity,engine,ab,served,parity8b32")
     parser.add_argument("--model-dir", default="/dev/shm/trtbuild-llama3-8b-shaped")
     parser.add_argument("--workdir", default="/dev/shm/trtbuild-bench")
+    parser.add_argument(
+        "--max-num-tokens",
+        type=int,
+        default=4096,
+        help="the served repository's max_num_tokens (trtbuild plan assumes 8192)",
+    )
     parser.add_argument("--numpy-wheel", type=Path, help="a numpy<2 wheel for the stub environment")
     parser.add_argument(
         "--compile", action="store_true", help="in-process engines fuse decode with torch.compile"
