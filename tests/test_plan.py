@@ -96,9 +96,10 @@ def test_the_portable_runtime_takes_one_slot_per_sequence_by_hand() -> None:
     assert (p.runtime, p.tp, p.pp, p.max_batch_size) == ("torch", 1, 1, 64)
     assert p.kv_cache_bytes_per_rank == 64 * 256 * 128 * 1024 == 2 * GiB
     assert (p.kv_cache_tokens, p.max_concurrent_sequences) == (64 * 256, 64)
-    # reserve: 2 GiB + activations 8192 x 2 B x (4 x 4096 + 3 x 14336) = 973,078,528 + logits
-    #   64 rows (not the ridge batch: each row is a preallocated slot) x 128,256 x 4 B = 32,833,536
-    assert p.reserve_bytes_per_rank == 2 * GiB + 973_078_528 + 32_833_536
+    # reserve: 1.5 GiB (one GPU, no TensorRT or NCCL workspaces) + activations 8192 x 2 B x
+    #   (4 x 4096 + 3 x 14336) = 973,078,528 + logits 64 rows (not the ridge batch: each row is a
+    #   preallocated slot) x 128,256 x 4 B = 32,833,536
+    assert p.reserve_bytes_per_rank == 3 * GiB // 2 + 973_078_528 + 32_833_536
     assert p.gpu_memory_used_bytes_per_rank == (16_060_522_496 + 2 * GiB + p.reserve_bytes_per_rank)
     trt = plan("llama-3.1-8b", "h200", max_input_len=128, max_output_len=128)
     assert (
@@ -108,6 +109,11 @@ def test_the_portable_runtime_takes_one_slot_per_sequence_by_hand() -> None:
     # more GPUs: replicas (no PP), each with the slots of its share of the traffic
     four = plan("llama-3.1-8b", "h200", gpus_per_node=2, nodes=2, runtime="torch")
     assert (four.pp, four.replicas, four.max_batch_size) == (1, 4, 16)
+    # split over GPUs, its ranks keep NCCL workspaces too: the 2 GiB reserve
+    split = plan("llama-3.1-70b", "h100-sxm", gpus_per_node=8, runtime="torch")
+    activations = 8192 * 2 * (4 * 8192 + 3 * 28672 // split.tp)
+    logits = split.reserve_bytes_per_rank - 2 * GiB - activations  # fp32, at most 64 rows
+    assert split.tp > 1 and 0 < logits <= 64 * -(-128_256 // split.tp) * 4
 
 
 def test_the_portable_runtime_plan_refuses_quantization() -> None:

@@ -19,7 +19,7 @@ TensorRT-LLM's published H100 performance tables), so such a layout is rejected 
 the target fits.
 
 Estimates (labelled as such in the output): a fixed 2 GiB per GPU for the CUDA context and
-cuBLAS/TensorRT/NCCL workspaces; activations of ``max_num_tokens x (4 x hidden + 3 x MLP width / TP)``
+cuBLAS/TensorRT/NCCL workspaces (1.5 GiB for the portable runtime on one GPU); activations of ``max_num_tokens x (4 x hidden + 3 x MLP width / TP)``
 values; fp32 logits for ``max_batch_size`` last tokens; 60% of the roofline as the "stated
 efficiency" for cost. Rooflines are upper bounds, not predictions.
 """
@@ -41,6 +41,10 @@ from trtbuild.vocab import DEFAULT_MAX_NUM_TOKENS, SM_FP8
 
 GiB = 2**30
 RUNTIME_RESERVE_BYTES = 2 * GiB  # CUDA context, cuBLAS / TensorRT / NCCL workspaces (estimate)
+# the portable runtime on one GPU: tritonserver's and the stub's CUDA contexts, cuBLAS and the
+# CUDA-graph pool; no TensorRT or NCCL workspaces (estimate; on an H200 the served processes held
+# 1.9 GiB beyond weights and KV cache, activations included: docs/perf/h200.md round 4)
+PORTABLE_RESERVE_BYTES = 3 * GiB // 2
 KV_CACHE_FREE_GPU_MEM_FRACTION = 0.9  # TensorRT-LLM's default kv_cache_free_gpu_mem_fraction
 TOKENS_PER_BLOCK = 32  # trtllm-build --tokens_per_block default: the KV cache is paged in blocks
 EFFICIENCY = 0.6  # fraction of the roofline a well-tuned deployment reaches (assumption, stated)
@@ -385,7 +389,8 @@ def _evaluate(ctx: _Ctx, tp: int, pp: int) -> _Layout:
     )
     activation = ctx.max_num_tokens * ctx.act_bytes * (4 * f.hidden_size + 3 * mlp_width // tp)
     logits = ctx.batch_cap * math.ceil(f.vocab_size / tp) * 4
-    reserve = RUNTIME_RESERVE_BYTES + activation + logits
+    runtime = PORTABLE_RESERVE_BYTES if ctx.portable and tp * pp == 1 else RUNTIME_RESERVE_BYTES
+    reserve = runtime + activation + logits
     memory = ctx.gpu.memory_bytes
 
     kv_heads_rank = math.ceil(f.num_kv_heads / tp)  # TP > KV heads replicates them
@@ -413,7 +418,7 @@ def _evaluate(ctx: _Ctx, tp: int, pp: int) -> _Layout:
         embedding_rank=embedding_rank,
         lm_head_rank=lm_head_rank,
         expert_bytes_rank=expert_bytes_rank,
-        runtime_reserve=RUNTIME_RESERVE_BYTES,
+        runtime_reserve=runtime,
         activation_bytes=activation,
         logits_bytes=logits,
         kv_per_token_rank=kv_per_token_rank,
