@@ -1249,13 +1249,7 @@ class Engine:
         n = rows * width
         positions = self._arange[:width].expand(rows, width)
         self.slots.index = self._pf_index[:n]
-        hidden = self._decoder(
-            input_ids=self._pf_ids[:n].view(rows, width),
-            position_ids=positions,
-            attention_mask=None,
-            past_key_values=self.slots,
-            use_cache=True,
-        ).last_hidden_state
+        hidden = self._slot_decoder(self._pf_ids[:n].view(rows, width), positions, None)
         picked = hidden[self._pf_rows[:rows], self._pf_last[:rows]]
         self._pf_logits[:rows].copy_(self._lm_head(picked).float())
 
@@ -1272,13 +1266,7 @@ class Engine:
         ids = ids.to(self.device)
         positions = torch.arange(width, device=self.device).expand(k, width)
         self.slots.index = (self._slot_base[base : base + k, None] + positions).reshape(-1)
-        hidden: torch.Tensor = self._decoder(
-            input_ids=ids,
-            position_ids=positions,
-            attention_mask=None,
-            past_key_values=self.slots,
-            use_cache=True,
-        ).last_hidden_state
+        hidden: torch.Tensor = self._slot_decoder(ids, positions, None)
         return hidden
 
     def _decode_step_slots(self) -> None:
@@ -1534,13 +1522,7 @@ class Engine:
         mask = _decode_mask(pos[:batch], self._arange[:length], self.dtype)
         self.slots.mixed = (batch, rows, width, mask)
         try:
-            hidden = self._decoder(
-                input_ids=ids.unsqueeze(0),
-                position_ids=pos.unsqueeze(0),
-                attention_mask=None,
-                past_key_values=self.slots,
-                use_cache=True,
-            ).last_hidden_state
+            hidden = self._slot_decoder(ids.unsqueeze(0), pos.unsqueeze(0), None)
         finally:
             self.slots.mixed = None
         logits = self._lm_head(hidden[0, self._mx[3, : batch + rows]]).float()
@@ -1647,9 +1629,16 @@ class Engine:
         # row i is slot i; a row that ended may be fed past its slot's end: it writes the last
         self.slots.index = self._slot_base[: pos.shape[0]] + pos.clamp(max=self.slots.seq - 1)
         mask = _decode_mask(pos, window, self.dtype)
+        hidden: torch.Tensor = self._slot_decoder(ids.unsqueeze(1), pos.unsqueeze(1), mask)
+        return hidden
+
+    def _slot_decoder(
+        self, ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor | None
+    ) -> torch.Tensor:
+        """The decoder's last hidden states over the slot cache (KV written at ``slots.index``)."""
         hidden: torch.Tensor = self._decoder(
-            input_ids=ids.unsqueeze(1),
-            position_ids=pos.unsqueeze(1),
+            input_ids=ids,
+            position_ids=positions,
             attention_mask=mask,
             past_key_values=self.slots,
             use_cache=True,
