@@ -728,7 +728,7 @@ def test_arrivals_are_prefilled_inside_decode_steps(tiny_model: Path, reference:
     scratch.fill_(float("nan"))  # no row reads it
     eng.start()
     try:
-        running = Run(eng, [1, 9, 8, 7], 200, end_id=-1)
+        running = Run(eng, [1, 9, 8, 7], 500, end_id=-1)  # decodes until cancelled below
         while not running.events:
             time.sleep(0.001)
         synced = eng.synced_launches
@@ -769,6 +769,53 @@ def test_arrivals_are_prefilled_inside_decode_steps(tiny_model: Path, reference:
         eng.cancel(running.request)
         assert running.wait().events[-1].finished == FINISH_CANCELLED
         assert running.tokens == reference.greedy([1, 9, 8, 7], len(running.tokens))
+    finally:
+        eng.stop()
+
+
+def test_a_request_taking_an_ended_row_gets_a_clean_slot(
+    tiny_model: Path, reference: Reference
+) -> None:
+    """A row that ended is fed on (at later positions) until a request takes it; the mixed step
+    that prefills that request writes the ended row's decode token into the scratch slot, not
+    into the slot it hands over: past what the new request wrote, the slot stays zero."""
+    eng = Engine(
+        str(tiny_model),
+        limits=EngineLimits(max_batch_size=4, max_seq_len=512, max_num_tokens=512),
+        kv_cache="slots",
+        fused_layers=True,
+        async_decode=True,
+        mixed_prefill_tokens=256,
+    ).start()
+    seen: list[tuple[int, bool]] = []
+
+    def check(ev: Event) -> None:  # on the engine thread, as the first token is handed out
+        if not seen:
+            assert eng.slots is not None
+            row = eng._rows.index(ev.request)
+            clean = bool((eng.slots.kv[:, :, row, eng.slots.dirty[row] :] == 0).all())
+            seen.append((row, clean))
+
+    try:
+        runner = Run(eng, [1, 9, 8, 7], 400, end_id=-1)
+        short = Run(eng, [1, 3, 4, 5], 3, end_id=-1).wait()
+        while len(runner.tokens) < 150:  # the ended row is fed well past a 64-wide prompt
+            time.sleep(0.001)
+        ended_row = eng._rows.index(short.request)
+        got: list[int] = []
+        done = threading.Event()
+
+        def on_event(ev: Event) -> None:
+            check(ev)
+            got.extend(ev.tokens)
+            if ev.finished:
+                done.set()
+
+        eng.submit(Request(prompt=[1, 6, 7, 8, 9], max_new_tokens=2, on_event=on_event, end_id=-1))
+        assert done.wait(60) and got == reference.greedy([1, 6, 7, 8, 9], 2)
+        assert seen == [(ended_row, True)]
+        eng.cancel(runner.request)
+        runner.wait()
     finally:
         eng.stop()
 
