@@ -37,10 +37,10 @@ sliding window, Qwen2, Qwen3), dynamic otherwise.
   (opt-in) also fuses the step with ``torch.compile``. The engine waits for the GPU with the GIL
   released, so the caller's sender thread runs meanwhile. With ``async_decode`` (on CUDA by
   default) the next step is launched before this one's tokens are handed out, fed this step's
-  argmax on the device, so the host's work between steps runs while the GPU decodes: rows that
-  ended at a step get one more step computed and thrown away, and rows join or leave only when
-  the steps in flight are drained (a row ending, a request waiting for a free row, a row that
-  samples or wants log probs). Small prefills (``prefill_graphs``: at most
+  argmax on the device, so the host's work between steps runs while the GPU decodes: a row that
+  ends stays in the batch, fed at its slot's last position and its tokens thrown away, until a
+  request takes its row or the steps in flight are drained (a request that cannot ride on a
+  step, a row that samples or wants log probs, a cancellation, every row ended). Small prefills (``prefill_graphs``: at most
   ``PREFILL_GRAPH_TOKENS`` padded tokens) are captured graphs too, one per (requests, width)
   bucket, their padding rows writing a scratch slot after the real ones that no row reads.
   While rows decode, a few short prompts (``mixed_prefill_tokens`` padded tokens, fused layers
@@ -48,7 +48,9 @@ sliding window, Qwen2, Qwen3), dynamic otherwise.
   tokens and the prompts', whose matrix multiplies read the weights once for both (a decode step's
   are bound by reading the weights, so the prompts' compute rides on it), attention split between
   the rows' slots and each prompt's causal self-attention; each (batch, L, requests, width) bucket
-  is a captured graph too.
+  is a captured graph too. With ``async_decode`` such a step is launched while the last one is in
+  flight (greedy requests with nothing applied to their logits: the device's argmax is their
+  first token, which the next step is fed), into ended rows first, then free ones.
 - ``dynamic`` (any causal LM): a request is prefilled on its own, then its transformers
   ``DynamicCache`` is left-padded into the running batch; finished rows are dropped and KV columns
   that are padding in every row are trimmed.
