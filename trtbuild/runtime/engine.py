@@ -878,10 +878,11 @@ class Engine:
         ``joining`` (prefilled by a step that was in flight), so the step can be retried; the
         other joining requests go back to the head of the queue."""
         joining = joining or []
-        victim = max(
-            [r for r in self._rows if r.finish_reason is None] + joining,
-            key=lambda r: r._admitted,
-        )
+        candidates = [r for r in self._rows if r.finish_reason is None] + joining
+        if not candidates:  # every row had ended: nothing to retry
+            self._drop_finished()
+            return
+        victim = max(candidates, key=lambda r: r._admitted)
         rest = [r for r in joining if r is not victim]
         if rest:
             with self._cv:
