@@ -19,8 +19,8 @@ TensorRT-LLM's published H100 performance tables), so such a layout is rejected 
 the target fits.
 
 Estimates (labelled as such in the output): a fixed 2 GiB per GPU for the CUDA context and
-cuBLAS/TensorRT/NCCL workspaces (1.5 GiB for the portable runtime on one GPU); activations of ``max_num_tokens x (4 x hidden + 3 x MLP width / TP)``
-values; fp32 logits for ``max_batch_size`` last tokens; 60% of the roofline as the "stated
+cuBLAS/TensorRT/NCCL workspaces (1.5 GiB for the portable runtime on one GPU); activations of
+``max_num_tokens x (4 x hidden + 3 x MLP width / TP)`` values; fp32 logits for ``max_batch_size`` last tokens; 60% of the roofline as the "stated
 efficiency" for cost. Rooflines are upper bounds, not predictions.
 """
 

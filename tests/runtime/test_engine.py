@@ -39,14 +39,8 @@ LAYOUTS = ["slots", "fused", "async", "mixed", "dynamic"]
 def layout_kwargs(layout: str) -> dict[str, object]:
     if layout == "fused":
         return {"kv_cache": "slots", "fused_layers": True, "async_decode": False}
-    if layout == "mixed":
-        return {
-            "kv_cache": "slots",
-            "fused_layers": True,
-            "async_decode": True,
-            "prefill_graphs": True,
-            "mixed_prefill_tokens": 256,
-        }
+    if layout == "mixed":  # "async" with fused layers, which mixed prefills need
+        return {**layout_kwargs("async"), "fused_layers": True, "mixed_prefill_tokens": 256}
     if layout == "async":
         return {
             "kv_cache": "slots",
@@ -707,20 +701,26 @@ def test_bucketed_prefills_pad_into_the_scratch_slot_only(
         eng.stop()
 
 
+def _mixed_engine(tiny_model: Path, max_batch_size: int) -> Engine:
+    """A slot engine (not started) with fused layers, async_decode and mixed prefills of 256
+    tokens; max_seq_len and max_num_tokens 512."""
+    return Engine(
+        str(tiny_model),
+        limits=EngineLimits(max_batch_size=max_batch_size, max_seq_len=512, max_num_tokens=512),
+        kv_cache="slots",
+        fused_layers=True,
+        async_decode=True,
+        mixed_prefill_tokens=256,
+    )
+
+
 def test_arrivals_are_prefilled_inside_decode_steps(tiny_model: Path, reference: Reference) -> None:
     """While a row decodes, arrivals that fit a mixed bucket are prefilled in the same forward as
     its next step, launched while the last step is in flight: alone, two at once (one bucket of
     two), three into a bucket of four whose padding row writes the scratch slot only; they take
     the rows of requests that ended without the steps draining; a prompt wider than every mixed
     bucket is prefilled on its own; every output equals generate's."""
-    eng = Engine(
-        str(tiny_model),
-        limits=EngineLimits(max_batch_size=8, max_seq_len=512, max_num_tokens=512),
-        kv_cache="slots",
-        fused_layers=True,
-        async_decode=True,
-        mixed_prefill_tokens=256,
-    )
+    eng = _mixed_engine(tiny_model, max_batch_size=8)
     assert sorted(eng.mixed_buckets) == [(1, 64), (1, 128), (1, 256), (2, 64), (2, 128), (4, 64)]
     assert eng.prefill_buckets == []  # prefill_graphs off: prefills on their own are unbucketed
     assert eng.slots is not None and eng.slots.num_slots == 9  # 8 rows + the scratch slot
@@ -779,14 +779,7 @@ def test_a_request_taking_an_ended_row_gets_a_clean_slot(
     """A row that ended is fed on (at later positions) until a request takes it; the mixed step
     that prefills that request writes the ended row's decode token into the scratch slot, not
     into the slot it hands over: past what the new request wrote, the slot stays zero."""
-    eng = Engine(
-        str(tiny_model),
-        limits=EngineLimits(max_batch_size=4, max_seq_len=512, max_num_tokens=512),
-        kv_cache="slots",
-        fused_layers=True,
-        async_decode=True,
-        mixed_prefill_tokens=256,
-    ).start()
+    eng = _mixed_engine(tiny_model, max_batch_size=4).start()
     seen: list[tuple[int, bool]] = []
 
     def check(ev: Event) -> None:  # on the engine thread, as the first token is handed out

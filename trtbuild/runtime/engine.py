@@ -1121,11 +1121,7 @@ class Engine:
                 self._inflight.append(self._launch(chained=False, group=live))
                 return
             except Exception:  # noqa: BLE001 - prefilled on their own, with their own isolation
-                log.warning(
-                    "trtbuild portable runtime: a decode step with prefills failed; prefilling "
-                    "on its own",
-                    exc_info=True,
-                )
+                _warn_mixed_failed()
         group: list[Request] = []
         for req in live:
             if (
@@ -1384,11 +1380,7 @@ class Engine:
         except Exception:
             if not riders:
                 raise
-            log.warning(
-                "trtbuild portable runtime: a decode step with prefills failed; prefilling "
-                "on its own",
-                exc_info=True,
-            )
+            _warn_mixed_failed()
             for req in riders:
                 req._solo = True
             with self._cv:
@@ -1411,7 +1403,7 @@ class Engine:
         else:
             self.synced_launches += 1
         if group:
-            self._launch_mixed(step, group, batch, length, chained)
+            self._launch_mixed(step, group, fed, batch, length, chained)
         else:
             if chained:
                 for i in range(n):
@@ -1434,11 +1426,17 @@ class Engine:
         return step
 
     def _launch_mixed(
-        self, step: _Step, group: list[Request], batch: int, length: int, chained: bool
+        self,
+        step: _Step,
+        group: list[Request],
+        fed: list[int],
+        batch: int,
+        length: int,
+        chained: bool,
     ) -> None:
         """``_launch`` of a mixed step: the running rows' decode tokens, then ``group``'s prompts
         right-padded into their (requests, width) bucket, whose padding rows write the scratch
-        slot; ``group`` takes the ended rows first, then free ones, and joins the batch now (the
+        slot (``fed``: the rows' positions, as ``_launch`` clamps them); ``group`` takes the ended rows first, then free ones, and joins the batch now (the
         step's own hand-out gives it its first tokens). Nothing changes if the forward raises."""
         assert self.slots is not None
         bucket = self._mixed_bucket(group)
@@ -1449,7 +1447,6 @@ class Engine:
         places = (ended + list(range(n, n + k)))[:k]
         scratch = (self.slots.num_slots - 1) * seq
         dummy = self._out_packed.shape[1] - 1  # where the padding rows' argmax goes
-        fed = [min(p, seq - 1) for p in self._pos]
         pad = batch - n
         ids, pos = [*self._tok, *[0] * pad], [*fed, *[0] * pad]
         taken = set(places)
@@ -1999,6 +1996,15 @@ def _slots_unsupported(model: Any, max_seq_len: int) -> str | None:
     if not hasattr(model, "set_attn_implementation"):
         return "this transformers version cannot switch attention implementations"
     return None
+
+
+def _warn_mixed_failed() -> None:
+    """Log (with the exception being handled) that a mixed step failed and its prompts will be
+    prefilled on their own."""
+    log.warning(
+        "trtbuild portable runtime: a decode step with prefills failed; prefilling on its own",
+        exc_info=True,
+    )
 
 
 def _decode_mask(pos: torch.Tensor, window: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
