@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import gc
 import json
 import os
@@ -500,16 +501,11 @@ def mixed_graph_ms(engine: Engine, batch: int = 64, length: int = 256) -> dict[s
 GEMM_MARKS = ("gemm", "nvjet", "cutlass", "sm90_", "sm100_", "cublas")
 
 
-def kernel_profile(engine: Engine, batch: int, length: int, graph: bool, reps: int = 5) -> dict:
-    """The GPU kernels of one decode step (torch.profiler), summed per kernel name: from the
-    captured graph's replays (``graph``) or from the eager step (same kernels, with launch gaps)."""
+def kernel_profile(run: Callable[[], Any], reps: int = 5, **about: Any) -> dict:
+    """The GPU kernels of ``run`` (one step: a graph replay or an eager step; torch.profiler),
+    summed per kernel name, with ``about`` (what was run) in front."""
     from torch.profiler import ProfilerActivity, profile
 
-    run = (
-        engine.graphs[(batch, length)].replay
-        if graph
-        else lambda: engine._decode_body(batch, length)
-    )
     run()
     torch.cuda.synchronize()
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
@@ -525,14 +521,12 @@ def kernel_profile(engine: Engine, batch: int, length: int, graph: bool, reps: i
     total = sum(r[2] for r in rows)
     gemm = sum(r[2] for r in rows if any(m in r[0].lower() for m in GEMM_MARKS))
     return {
-        "batch": batch,
-        "length": length,
-        "from": "graph replay" if graph else "eager",
+        **about,
         "kernels_per_step": round(sum(r[1] for r in rows), 1),
         "kernel_us_per_step": round(total, 1),
         "gemm_us_per_step": round(gemm, 1),
         "top": [
-            {"kernel": k[:120], "calls": round(c, 1), "us": round(us, 1)} for k, c, us in rows[:30]
+            {"kernel": k[:120], "calls": round(c, 1), "us": round(us, 1)} for k, c, us in rows[:40]
         ],
     }
 
@@ -608,7 +602,7 @@ def phase_gemm(args: argparse.Namespace) -> dict[str, Any]:
     for name, (n, k) in GEMM_SHAPES.items():
         copies = max(2, -(-200_000_000 // (n * k * 2)))
         ws = [torch.randn(n, k, device="cuda", dtype=torch.bfloat16) * 0.02 for _ in range(copies)]
-        for m in (1, 16, 64):
+        for m in args.gemm_m:
             row = gemm_row(name, m, ws, bw)
             log("gemm", json.dumps(row))
             out["rows"].append(row)
@@ -784,6 +778,13 @@ def flash_row(b: int, copies: int = 8) -> dict[str, Any]:
     return row
 
 
+def mixed_replay(engine: Engine, key: tuple[int, int, int, int]) -> None:
+    """Replay mixed graph ``key`` (batch, L, requests, width) on inputs that write the scratch
+    slot only."""
+    engine._load_scratch_mixed(key[0], key[2], key[3])
+    engine._mixed_captured[key].replay()
+
+
 def phase_kernels(args: argparse.Namespace, model: Any) -> dict[str, Any]:
     """Where a decode step's GPU time goes: its kernels at batch 1 and 64 (L 256)."""
     engine = make_engine(model).start()
@@ -796,16 +797,36 @@ def phase_kernels(args: argparse.Namespace, model: Any) -> dict[str, Any]:
         assert engine.slots is not None
         for i in range(engine.slots.num_slots):
             engine.slots.touch(i, 1)
+        runs: dict[str, tuple[Callable[[], Any], dict[str, Any]]] = {}
         for batch in (1, 64):
-            for graph in (True, False):
-                key = f"b{batch}_{'graph' if graph else 'eager'}"
-                try:
-                    out[key] = kernel_profile(engine, batch, 256, graph)
-                except Exception as exc:  # noqa: BLE001 - the other profiles still run
-                    out[key] = {"error": f"{type(exc).__name__}: {exc}"}
-                log("kernels", key, json.dumps(out[key])[:600])
+            about = {"batch": batch, "length": 256}
+            runs[f"b{batch}_graph"] = (
+                engine.graphs[(batch, 256)].replay,
+                {**about, "from": "graph replay"},
+            )
+            runs[f"b{batch}_eager"] = (
+                functools.partial(engine._decode_body, batch, 256),
+                {**about, "from": "eager"},
+            )
+        for rows, width in ((1, 128), (2, 128)):  # a step with prompts riding on it
+            key = (64, 256, rows, width)
+            if key in engine._mixed_captured:
+                runs[f"b64_mixed_{rows}x{width}"] = (
+                    functools.partial(mixed_replay, engine, key),
+                    {"batch": 64, "length": 256, "prompts": rows, "width": width},
+                )
+        for name, (run, about) in runs.items():
+            try:
+                out[name] = kernel_profile(run, **about)
+            except Exception as exc:  # noqa: BLE001 - the other profiles still run
+                out[name] = {"error": f"{type(exc).__name__}: {exc}"}
+            log("kernels", name, json.dumps(out[name])[:600])
         out["graph_b64_L256_ms"] = graph_step_ms(engine, 64, 256)
         out["graph_b1_L256_ms"] = graph_step_ms(engine, 1, 256)
+        vocab = model.config.vocab_size
+        for k in (1, 32):  # a prefill graph's bucket, and one of its own
+            out[f"prefill_{k}x{PROMPT}_ms"] = prefill_ms(engine, k, PROMPT, vocab)
+        out.update(mixed_graph_ms(engine))
 
     engine._on_engine_thread(measure)
     dispose(engine)
@@ -1079,6 +1100,7 @@ def _variant(
 SERVED_VARIANTS = {
     "mixed_prefill_tokens 0 (prefills alone)": _variant(2, "auto", mixed="0"),
     "mixed prefills (the defaults)": _variant(2, "auto"),
+    "mixed_prefill_tokens 512": _variant(2, "auto", mixed="512"),
 }
 
 
@@ -1109,6 +1131,8 @@ def phase_served_ab(args: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {}
     profiled = set(filter(None, (args.py_spy_variants or "").split(",")))
     for index, (name, params) in enumerate(SERVED_VARIANTS.items()):
+        if args.served_variants and str(index) not in args.served_variants.split(","):
+            continue
         set_parameters(config, params)
         t = time.perf_counter()
         try:
@@ -1332,6 +1356,17 @@ def main() -> int:
         "--py-spy-variants",
         default="",
         help="served_ab variants to profile (indexes, comma-separated)",
+    )
+    parser.add_argument(
+        "--served-variants",
+        default="",
+        help="served_ab variants to run (indexes into SERVED_VARIANTS, comma-separated; all if empty)",
+    )
+    parser.add_argument(
+        "--gemm-m",
+        type=lambda v: [int(m) for m in v.split(",")],
+        default=[1, 16, 64],
+        help="the gemm phase's row counts (comma-separated)",
     )
     args = parser.parse_args()
     if args.plot:

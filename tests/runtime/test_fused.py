@@ -114,20 +114,24 @@ def test_a_model_it_cannot_rewrite_is_refused_when_asked_and_left_alone_on_auto(
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")  # torch's own
 def test_the_compiled_kernels_compute_what_the_eager_ones_do() -> None:
-    """torch.compile (inductor; on CPU here, Triton on CUDA) of each elementwise chain, with
-    dynamic shapes: two batch sizes, one compilation each, no fallback to eager."""
+    """torch.compile (inductor; on CPU here, Triton on CUDA) of each elementwise chain on tokens
+    flattened into the first dimension, the only dynamic one: three token counts, one
+    compilation of each kernel, no fallback to eager."""
+    from torch._dynamo.utils import counters
+
     kernels = fused.Kernels(compile=True)
     gen = torch.Generator().manual_seed(0)
     weight = torch.rand(64, generator=gen) + 0.5
-    for rows in (3, 5):
-        x = torch.randn(rows, 1, 64, generator=gen)
-        res = torch.randn(rows, 1, 64, generator=gen)
-        q, k = (
-            torch.randn(rows, 4, 1, 16, generator=gen),
-            torch.randn(rows, 2, 1, 16, generator=gen),
-        )
-        cos, sin = torch.randn(rows, 1, 16, generator=gen), torch.randn(rows, 1, 16, generator=gen)
-        gate_up = torch.randn(rows, 1, 128, generator=gen)
+    graphs = counters["stats"]["unique_graphs"]
+    for tokens in (3, 5, 9):
+        x = torch.randn(tokens, 64, generator=gen)
+        res = torch.randn(tokens, 64, generator=gen)
+        # q and k as the layer has them: views of one q/k/v matrix multiply's output
+        qkv = torch.randn(tokens, 4 * 16 + 2 * 16 + 2 * 16, generator=gen)
+        q, k, _ = qkv.split([64, 32, 32], dim=-1)
+        q, k = q.view(tokens, 4, 16), k.view(tokens, 2, 16)
+        cos, sin = torch.randn(tokens, 16, generator=gen), torch.randn(tokens, 16, generator=gen)
+        gate_up = torch.randn(tokens, 128, generator=gen)
         torch.testing.assert_close(kernels.norm(x, weight, 1e-5), fused.rms_norm(x, weight, 1e-5))
         for a, b in zip(
             kernels.add_norm(x, res, weight, 1e-5),
@@ -142,3 +146,18 @@ def test_the_compiled_kernels_compute_what_the_eager_ones_do() -> None:
         wrapper = getattr(kernels, name)
         assert wrapper.fn is not wrapper.eager, f"{name} fell back to eager"
     assert kernels.status() == dict.fromkeys(("norm", "add_norm", "rotary", "silu_mul"), "compiled")
+    assert counters["stats"]["unique_graphs"] - graphs == 4  # the token count was dynamic
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")  # torch's own
+def test_only_the_token_dimension_of_a_compiled_kernel_is_dynamic() -> None:
+    """The inner sizes are constants of the compiled kernel (a fully dynamic one indexes
+    through symbolic sizes): a new hidden size compiles again, a new token count does not."""
+    from torch._dynamo.utils import counters
+
+    kernels = fused.Kernels(compile=True)
+    graphs = counters["stats"]["unique_graphs"]
+    for tokens, hidden in ((3, 48), (7, 48), (3, 40), (11, 40)):  # sizes no other test compiles
+        gate_up = torch.randn(tokens, 2 * hidden)
+        torch.testing.assert_close(kernels.silu_mul(gate_up), fused.silu_mul(gate_up))
+    assert counters["stats"]["unique_graphs"] - graphs == 2

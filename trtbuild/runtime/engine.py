@@ -1896,12 +1896,9 @@ def _slot_attention(
         return _mixed_attention(cache, module.layer_idx, query, key, value, scaling)
     heads, kv_heads = query.shape[1], key.shape[1]
     groups = heads // kv_heads
-    if attention_mask is None:
-        if groups > 1:
-            key = key.repeat_interleave(groups, dim=1)
-            value = value.repeat_interleave(groups, dim=1)
+    if attention_mask is None:  # SDPA repeats the KV heads itself (no copies of them)
         out = torch.nn.functional.scaled_dot_product_attention(
-            query, key, value, is_causal=query.shape[2] > 1, scale=scaling
+            query, key, value, is_causal=query.shape[2] > 1, scale=scaling, enable_gqa=groups > 1
         )
     else:
         b, _, t, d = query.shape

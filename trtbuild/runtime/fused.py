@@ -11,10 +11,15 @@ and ~3.4 ms of them per step). ``fuse`` rewrites each layer of a loaded model in
 - q/k/v become one matrix multiply and gate/up another: their weights are concatenated once
   (the original modules keep views of the merged weight, so memory does not grow, and transformers'
   own forward still works on them);
-- the elementwise chains become one kernel each, through ``torch.compile`` (dynamic shapes, one
-  compilation for every batch and length) where ``compile`` is asked (CUDA with Triton): RMSNorm,
-  the residual add fused with the next RMSNorm, the rotary embedding of q and k, SiLU(gate) x up.
-  Elsewhere they run eagerly, the same arithmetic in the same order as transformers'.
+- the elementwise chains become one kernel each, through ``torch.compile`` where ``compile`` is
+  asked (CUDA with Triton): RMSNorm, the residual add fused with the next RMSNorm, the rotary
+  embedding of q and k, SiLU(gate) x up. Elsewhere they run eagerly, the same arithmetic in the
+  same order as transformers'. Each takes the layer's tokens flattened into one leading dimension
+  (``[tokens, ...]``, the layout the matrix multiplies produce), and only that dimension is
+  dynamic: one compilation serves every batch, length and prefill (and one more a single token),
+  while the inner sizes stay constants of the kernel. A kernel compiled with every dimension
+  dynamic indexes through symbolic sizes and strides, and measured twice as slow on an H200
+  (docs/perf/h200.md, round 5).
 
 A fused layer takes this path only when the cache it is given says so (``cache.fused_layers``),
 so the same model object served by a dynamic-layout engine, or by an engine that did not fuse,
@@ -61,6 +66,9 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
 def rotary(
     q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """q ``[tokens, heads, d]``, k ``[tokens, kv_heads, d]``, cos and sin ``[tokens, d]`` (or
+    transformers' ``[batch, heads, t, d]`` with ``[batch, t, d]``: the heads dimension is the
+    second either way)."""
     cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
     return (q * cos) + (_rotate_half(q) * sin), (k * cos) + (_rotate_half(k) * sin)
 
@@ -100,12 +108,20 @@ class Kernels:
 
 
 class _FirstCallFallback:
+    """``fn`` compiled with only the first dimension of its tensor arguments dynamic (of those
+    with more than one dimension: a norm's weight stays static)."""
+
     def __init__(self, name: str, fn: Callable[..., Any], compile: bool) -> None:
         self.name, self.eager = name, fn
-        self.fn = torch.compile(fn, dynamic=True, fullgraph=True) if compile else fn
+        self.fn = torch.compile(fn, dynamic=False, fullgraph=True) if compile else fn
+        self.compiled = compile
         self.proven = not compile
 
     def __call__(self, *args: Any) -> Any:
+        if self.compiled and self.fn is not self.eager:
+            for a in args:
+                if isinstance(a, torch.Tensor) and a.dim() > 1:
+                    torch._dynamo.maybe_mark_dynamic(a, 0)
         if self.proven:
             return self.fn(*args)
         try:
@@ -217,23 +233,32 @@ def _layer_forward(
     f: _Fused = getattr(self, FUSED_ATTR)
     k = f.kernels
     attn = self.self_attn
-    b, t, _ = hidden_states.shape
-    h = k.norm(hidden_states, self.input_layernorm.weight, f.eps_in)
+    b, t, width = hidden_states.shape
+    n, d = b * t, f.head_dim
+    tokens = hidden_states.reshape(n, width)  # every token in one dimension: see the docstring
+    h = k.norm(tokens, self.input_layernorm.weight, f.eps_in)
     q, key, value = F.linear(h, f.qkv_weight, f.qkv_bias).split(f.splits, dim=-1)
-    q = q.view(b, t, -1, f.head_dim)
-    key = key.view(b, t, -1, f.head_dim)
+    q, key = q.view(n, -1, d), key.view(n, -1, d)
     if f.qk_norm:
         q, key = attn.q_norm(q), attn.k_norm(key)
-    q, key = q.transpose(1, 2), key.transpose(1, 2)
-    value = value.view(b, t, -1, f.head_dim).transpose(1, 2)
     assert position_embeddings is not None
     cos, sin = position_embeddings
-    q, key = k.rotary(q, key, cos, sin)
-    key, value = past_key_values.update(key, value, attn.layer_idx)
+    q, key = k.rotary(q, key, cos.reshape(n, d), sin.reshape(n, d))
+
+    def heads_first(x: torch.Tensor) -> torch.Tensor:  # [b, heads, t, d], as attention takes it
+        return x.view(b, t, -1, d).transpose(1, 2)
+
+    key, value = past_key_values.update(heads_first(key), heads_first(value), attn.layer_idx)
     out, _ = self._trtbuild_attention(
-        attn, q, key, value, attention_mask, scaling=attn.scaling, slot_cache=past_key_values
+        attn,
+        heads_first(q),
+        key,
+        value,
+        attention_mask,
+        scaling=attn.scaling,
+        slot_cache=past_key_values,
     )
-    h = attn.o_proj(out.reshape(b, t, -1))
-    h, residual = k.add_norm(h, hidden_states, self.post_attention_layernorm.weight, f.eps_post)
+    h = attn.o_proj(out.reshape(n, -1))
+    h, residual = k.add_norm(h, tokens, self.post_attention_layernorm.weight, f.eps_post)
     gate_up = F.linear(h, f.gate_up_weight, f.gate_up_bias)
-    return residual + self.mlp.down_proj(k.silu_mul(gate_up))
+    return (residual + self.mlp.down_proj(k.silu_mul(gate_up))).view(b, t, width)
