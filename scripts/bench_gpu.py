@@ -325,6 +325,11 @@ def phase_env(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+# the parity runs' 16 streams decode in batch buckets of 16 and below: flex attention from 8
+# rows on, so that its kernels are among what parity checks (the default starts at 32)
+PARITY_FLEX_DECODE_BATCH = 8
+
+
 def parity_run(
     model: Any, dtype_name: str, prompts: list[list[int]], new: int, compile_decode: bool = False
 ) -> dict[str, Any]:
@@ -339,7 +344,7 @@ def parity_run(
     engine = Engine(
         "", model=model, dtype=dtype_name,
         limits=EngineLimits(max_batch_size=16, max_seq_len=512, max_num_tokens=2048),
-        compile_decode=compile_decode,
+        compile_decode=compile_decode, flex_decode_batch=PARITY_FLEX_DECODE_BATCH,
     ).start()  # fmt: skip
     engine.warmup()
     got: list[list[int]] = [[] for _ in prompts]
@@ -359,6 +364,7 @@ def parity_run(
         "prefills": engine.prefills,
         "prefill_graphs": len(engine._prefill_captured),
         "mixed_steps": engine.mixed_steps,
+        "flex_decode_batch": engine.flex_decode_batch,
         "mixed_graphs": len(engine._mixed_captured),
     }
     dispose(engine)
@@ -483,6 +489,17 @@ def phase_mixed_ab(args: argparse.Namespace, model: Any) -> dict[str, Any]:
     return {
         "separate": engine_run(model, "prefills alone", plan, steps=False, mixed_prefill_tokens=0),
         "mixed": engine_run(model, "mixed prefills", plan, steps=False, mixed_ms=True),
+    }
+
+
+def phase_flex_ab(args: argparse.Namespace, model: Any) -> dict[str, Any]:
+    """Decode attention of batches of 32 rows or more through compiled flex attention (the
+    default) against SDPA's memory-efficient kernel everywhere, same engine otherwise: graph
+    step times, mixed steps' times and the in-process closed loops."""
+    plan = [(1, 8), (16, 64), (64, 384)]
+    return {
+        "sdpa": engine_run(model, "sdpa decode", plan, mixed_ms=True, flex_decode_batch=0),
+        "flex": engine_run(model, "flex decode", plan, mixed_ms=True),
     }
 
 
@@ -903,6 +920,7 @@ def engine_run(
         "prefilled": engine.prefilled,
         "synced_launches": engine.synced_launches,
         "mixed_steps": engine.mixed_steps,
+        "flex_decode_batch": engine.flex_decode_batch,
         "graphs_mixed": len(engine._mixed_captured),
         "graphs_prefill": len(engine._prefill_captured),
         "step_gpu_ms": step_ms,
@@ -1065,6 +1083,7 @@ def _variant(
     wait_ms: int = 0,
     prefill_graphs: str = "auto",
     mixed: str = "auto",
+    flex: str = "auto",
 ) -> dict[str, str]:
     return {
         "sender_threads": str(senders),
@@ -1074,6 +1093,7 @@ def _variant(
         "admission_wait_ms": str(wait_ms),
         "prefill_graphs": prefill_graphs,
         "mixed_prefill_tokens": mixed,
+        "flex_decode_batch": flex,
     }
 
 
@@ -1101,6 +1121,7 @@ SERVED_VARIANTS = {
     "mixed_prefill_tokens 0 (prefills alone)": _variant(2, "auto", mixed="0"),
     "mixed prefills (the defaults)": _variant(2, "auto"),
     "mixed_prefill_tokens 512": _variant(2, "auto", mixed="512"),
+    "flex_decode_batch 0 (SDPA decode attention)": _variant(2, "auto", flex="0"),
 }
 
 
@@ -1328,6 +1349,7 @@ PHASES: dict[str, tuple[str, Callable[[argparse.Namespace, Any], dict[str, Any]]
     "gemm": ("own", lambda args, model: phase_gemm(args)),
     "attention": ("own", lambda args, model: phase_attention(args)),
     "flash_decode": ("own", lambda args, model: phase_flash_decode(args)),
+    "flex_ab": ("model", phase_flex_ab),
     "served": ("served", lambda args, model: phase_served(args)),
     "served_ab": ("served", lambda args, model: phase_served_ab(args)),
     "parity8b32": ("own", lambda args, model: phase_parity8b32(args)),

@@ -32,7 +32,8 @@ from trtbuild.runtime.engine import (
 # "fused": the slot layout with trtbuild.runtime.fused's layers (eager on CPU; CUDA compiles them);
 # "async": the slot layout launching each decode step before the last one's tokens are handed out,
 # its small prefills through the bucketed path CUDA graphs capture (both on by default on CUDA only;
-# eager here); "mixed": fused layers and async steps with arrivals prefilled inside decode steps
+# eager here); "mixed": fused layers and async steps with arrivals prefilled inside decode steps,
+# and decode steps of 2 rows or more attending through flex attention (its eager reference here)
 LAYOUTS = ["slots", "fused", "async", "mixed", "dynamic"]
 
 
@@ -40,7 +41,12 @@ def layout_kwargs(layout: str) -> dict[str, object]:
     if layout == "fused":
         return {"kv_cache": "slots", "fused_layers": True, "async_decode": False}
     if layout == "mixed":  # "async" with fused layers, which mixed prefills need
-        return {**layout_kwargs("async"), "fused_layers": True, "mixed_prefill_tokens": 256}
+        return {
+            **layout_kwargs("async"),
+            "fused_layers": True,
+            "mixed_prefill_tokens": 256,
+            "flex_decode_batch": 2,
+        }
     if layout == "async":
         return {
             "kv_cache": "slots",
@@ -847,6 +853,67 @@ def test_mixed_prefill_needs_fused_layers(tiny_model: Path) -> None:
         )
     eng = Engine(str(tiny_model), limits=EngineLimits(max_batch_size=2, max_seq_len=64))
     assert eng.mixed_prefill_tokens == (256 if eng.device.type == "cuda" else 0)
+
+
+def test_flex_decode_needs_fused_layers_and_is_off_by_default_on_cpu(tiny_model: Path) -> None:
+    with pytest.raises(ValueError, match="flex_decode_batch needs fused_layers"):
+        Engine(
+            str(tiny_model),
+            limits=EngineLimits(max_batch_size=2, max_seq_len=64),
+            kv_cache="slots",
+            fused_layers=False,
+            flex_decode_batch=2,
+        )
+    eng = Engine(str(tiny_model), limits=EngineLimits(max_batch_size=2, max_seq_len=64))
+    assert eng.flex_decode_batch == (32 if eng.device.type == "cuda" else 0)
+    assert eng.slots is not None and (eng.slots.flex is None) == (eng.flex_decode_batch == 0)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_flex_decode_attention_computes_what_sdpa_does(dtype: str) -> None:
+    """The slot decode attention through flex attention (its eager reference here) against
+    SDPA's path: rows at different positions of their slots, the mask hiding what lies past
+    each (garbage, here); below the flex threshold the SDPA path runs, bit for bit."""
+    import torch
+
+    kind = getattr(torch, dtype)
+    gen = torch.Generator().manual_seed(3)
+    batch, heads, kv_heads, d, seq, length = 4, 8, 2, 16, 96, 64
+    cache = engine_module._SlotCache(1, batch, seq, kv_heads, d, kind, torch.device("cpu"))
+    cache.kv.copy_(torch.randn(cache.kv.shape, generator=gen).to(kind) * 4)
+    pos = torch.tensor([0, 5, 37, 63])
+    mask = engine_module._decode_mask(pos, torch.arange(length), kind)
+    q = torch.randn(batch, 1, heads, d, generator=gen).to(kind).transpose(1, 2)
+    key, value = (cache.kv[0, i].transpose(1, 2) for i in (0, 1))
+
+    def attend(c: engine_module._SlotCache | None) -> torch.Tensor:
+        return engine_module._decode_attention(c, q, key, value, mask, d**-0.5)
+
+    want = attend(None)
+    cache.flex, cache.flex_from = engine_module._flex_decoder(compiled=False), batch
+    tol = {"atol": 2e-2, "rtol": 2e-2} if kind == torch.bfloat16 else {}
+    torch.testing.assert_close(attend(cache), want, **tol)  # type: ignore[arg-type]
+    cache.flex_from = batch + 1
+    assert torch.equal(attend(cache), want)
+
+
+def test_a_flex_attention_that_fails_falls_back_to_sdpa(caplog: pytest.LogCaptureFixture) -> None:
+    import torch
+
+    cache = engine_module._SlotCache(1, 2, 8, 1, 16, torch.float32, torch.device("cpu"))
+
+    def broken(*args: object) -> torch.Tensor:
+        raise RuntimeError("no kernel for this")
+
+    cache.flex, cache.flex_from = broken, 1
+    q, mask = (
+        torch.randn(2, 2, 1, 16),
+        engine_module._decode_mask(torch.tensor([3, 7]), torch.arange(8), torch.float32),
+    )
+    key, value = (cache.kv[0, i].transpose(1, 2) for i in (0, 1))
+    got = engine_module._decode_attention(cache, q, key, value, mask, None)
+    assert torch.equal(got, engine_module._decode_attention(None, q, key, value, mask, None))
+    assert cache.flex is None and "flex attention failed" in caplog.text
 
 
 def test_async_decode_is_on_by_default_only_on_cuda(tiny_model: Path) -> None:

@@ -29,7 +29,9 @@ sliding window, Qwen2, Qwen3), dynamic otherwise.
   are exactly those of its prompt alone), writing their KV straight into their slots. A decode step
   feeds one token per row at its own position; attention reads each slot's first ``L`` positions
   with a per-row mask, through ``scaled_dot_product_attention`` with the query heads of one KV head
-  folded into its query length (no repeated keys). Batch sizes are rounded up to a bucket (1, 2, 4,
+  folded into its query length (no repeated keys), or, for batches of ``flex_decode_batch`` rows
+  and more, through compiled flex attention with the mask as a score modification (its decoding
+  kernel splits each row's keys across the GPU). Batch sizes are rounded up to a bucket (1, 2, 4,
   ... max) and ``L`` to a bucket (64, 128, ... max_seq_len); on CUDA each (batch, L) bucket's whole
   decode step (forward, logits, argmax) is one captured CUDA graph, all captured by ``warmup`` before
   serving, so the GPU never waits on Python launches and no request pays for a new shape (cuDNN
@@ -79,6 +81,7 @@ import dataclasses
 import logging
 import threading
 import time
+import warnings
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -121,6 +124,11 @@ PREFILL_GRAPH_TOKENS = 1024
 # (``mixed_prefill_tokens``): a batch-64 step of an 8B model reads 16 GB of weights in ~3.8 ms
 # but computes 64 tokens in ~1.6 ms, so a few hundred more tokens cost little more than the step
 MIXED_PREFILL_TOKENS = 256
+# decode steps of at least this many rows (their batch bucket) attend through compiled flex
+# attention (``flex_decode_batch``): its decoding kernel splits each row's keys over more of the
+# GPU; measured on an H200 at L 256 (docs/perf/h200.md, round 3): 25.8 against SDPA's 36.2 us
+# per layer at 64 rows, but 16.8 against 14.4 at 16 and 13.9 against 10.4 at 1
+FLEX_DECODE_BATCH = 32
 ACTIVATION_SLACK_BYTES = 512 * 2**20  # cuBLAS workspaces, CUDA-graph pool, allocator slack
 
 log = logging.getLogger("trtbuild.runtime")
@@ -320,6 +328,7 @@ class Engine:
         admission_wait_ms: float = 0.0,
         prefill_graphs: bool | None = None,
         mixed_prefill_tokens: int | None = None,
+        flex_decode_batch: int | None = None,
     ) -> None:
         """``kv_cache``: ``auto``, ``slots`` or ``dynamic`` (see the module docstring).
         ``compile_decode``: fuse the slot layout's decode step with ``torch.compile`` (dynamic
@@ -346,6 +355,11 @@ class Engine:
         same forward as the rows' next decode step (needs fused layers; on CUDA each bucket is a
         captured graph). ``None``: ``MIXED_PREFILL_TOKENS`` where ``prefill_graphs`` is on and the
         layers are fused; 0: never.
+        ``flex_decode_batch``: decode steps (and the rows of mixed steps) whose batch bucket has
+        at least this many rows attend through ``torch.compile``'d flex attention instead of
+        SDPA (needs fused layers; compiled per (batch, L) bucket at warm-up; on CPU it runs
+        flex attention's eager reference, for tests). ``None``: ``FLEX_DECODE_BATCH`` where the
+        fused layers' kernels are compiled (CUDA with Triton); 0: never.
         ``model``: an already loaded causal LM to serve instead of loading ``model_dir``.
         ``group``: this rank's tensor-parallel group (``model_dir`` is then this rank's shard):
         rank 0 serves and broadcasts each step, the others run ``follow`` (see
@@ -435,6 +449,7 @@ class Engine:
         self._mixed_captured: dict[tuple[int, ...], Any] = {}
         self.mixed_steps = 0  # decode steps that prefilled requests too
         self.fused_layers = False
+        self.flex_decode_batch = 0  # see _setup_flex
         if async_decode is None:
             async_decode = self.device.type == "cuda"
         self.async_decode = bool(async_decode) and self._group is None
@@ -445,6 +460,7 @@ class Engine:
                 if mixed_asked:
                     raise ValueError("mixed_prefill_tokens needs fused_layers (set it true)")
                 self.mixed_prefill_tokens, self.mixed_buckets = 0, []
+            self._setup_flex(flex_decode_batch)
             if compile_decode:
                 self._forward = _dynamic_rows(torch.compile(self._decode_forward))
         elif getattr(self.model.config, "_attn_implementation", None) == SLOT_ATTENTION:
@@ -1080,6 +1096,30 @@ class Engine:
         compile = compile and self.device.type == "cuda" and _triton_available()
         _fused.fuse(self.model, _slot_attention, compile=compile)
         self.slots.fused_layers = self.fused_layers = True
+
+    def _setup_flex(self, wanted: int | None) -> None:
+        """Resolve ``flex_decode_batch`` (see ``__init__``) and hand the slot cache its flex
+        attention. Each (batch, L) bucket it serves is one more compilation of it (two where a
+        mixed step's rows lay out their queries' strides differently), so the process's
+        recompile limit grows by that many: torch.compile falls back to eager past 8 shapes of
+        one function, and every engine of a process compiles the same one."""
+        assert self.slots is not None
+        if wanted is not None and wanted > 0 and not self.fused_layers:
+            raise ValueError("flex_decode_batch needs fused_layers (set it true)")
+        compiled = self.fused_layers and self.device.type == "cuda" and _triton_available()
+        if wanted is None:
+            wanted = FLEX_DECODE_BATCH if compiled and self._group is None else 0
+        self.flex_decode_batch = max(0, int(wanted))
+        if not self.flex_decode_batch:
+            return
+        if compiled:
+            shapes = sum(b >= self.flex_decode_batch for b in self.batch_buckets)
+            shapes *= len(self.length_buckets)
+            config = torch._dynamo.config
+            name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
+            setattr(config, name, getattr(config, name) + 2 * shapes)
+        self.slots.flex = _flex_decoder(compiled)
+        self.slots.flex_from = self.flex_decode_batch
 
     def _kv_slots(self) -> int:
         """How many ``max_seq_len`` sequences the KV budget holds (at most ``max_batch_size``)."""
@@ -1834,6 +1874,9 @@ class _SlotCache:
         self.decoding = False  # prefill: attention reads the new keys themselves
         # a mixed step (engine._mixed_body): (decode rows, prompts, width, the rows' mask)
         self.mixed: tuple[int, int, int, torch.Tensor] | None = None
+        # decode attention of batches of at least ``flex_from`` rows (engine._setup_flex)
+        self.flex: Callable[..., torch.Tensor] | None = None
+        self.flex_from = 0
 
     # transformers' Cache protocol, as far as the supported models use it
     is_compileable = False
@@ -1894,26 +1937,88 @@ def _slot_attention(
     cache = kwargs.get("slot_cache")
     if cache is not None and cache.mixed is not None:
         return _mixed_attention(cache, module.layer_idx, query, key, value, scaling)
-    heads, kv_heads = query.shape[1], key.shape[1]
-    groups = heads // kv_heads
     if attention_mask is None:  # SDPA repeats the KV heads itself (no copies of them)
         out = torch.nn.functional.scaled_dot_product_attention(
-            query, key, value, is_causal=query.shape[2] > 1, scale=scaling, enable_gqa=groups > 1
+            query,
+            key,
+            value,
+            is_causal=query.shape[2] > 1,
+            scale=scaling,
+            enable_gqa=query.shape[1] != key.shape[1],
         )
     else:
-        b, _, t, d = query.shape
-        if t != 1:
-            raise RuntimeError(f"slot decode attention takes one query per row, got {t}")
-        length = attention_mask.shape[-1]
-        folded = query.reshape(b, kv_heads, groups, d)
-        out = torch.nn.functional.scaled_dot_product_attention(
-            folded,
-            key[:, :, :length],
-            value[:, :, :length],
-            attn_mask=attention_mask,
-            scale=scaling,
-        ).reshape(b, heads, t, d)
+        out = _decode_attention(cache, query, key, value, attention_mask, scaling)
     return out.transpose(1, 2).contiguous(), None
+
+
+def _decode_attention(
+    cache: _SlotCache | None,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    mask: torch.Tensor,
+    scaling: float | None,
+) -> torch.Tensor:
+    """One query per row (``[batch, heads, 1, d]``) over the first ``L`` positions of its slot
+    (``mask`` ``[batch, 1, 1, L]``): through the cache's flex attention for batches of at
+    least ``flex_from`` rows, else SDPA with the query heads that share a KV head as that
+    head's query length (keys read once)."""
+    b, heads, t, d = query.shape
+    if t != 1:
+        raise RuntimeError(f"slot decode attention takes one query per row, got {t}")
+    length = mask.shape[-1]
+    key, value = key[:, :, :length], value[:, :, :length]
+    if cache is not None and cache.flex is not None and b >= cache.flex_from:
+        try:
+            return cache.flex(query, key, value, mask, scaling)
+        except Exception:
+            if query.device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+                raise
+            log.warning(
+                "trtbuild portable runtime: flex attention failed; decode steps attend "
+                "through SDPA from now on",
+                exc_info=True,
+            )
+            cache.flex = None
+    kv_heads = key.shape[1]
+    folded = query.reshape(b, kv_heads, heads // kv_heads, d)
+    out = torch.nn.functional.scaled_dot_product_attention(
+        folded, key, value, attn_mask=mask, scale=scaling
+    )
+    return out.reshape(b, heads, t, d)
+
+
+def _flex_decoder(compiled: bool) -> Callable[..., torch.Tensor]:
+    """``_decode_attention``'s flex attention: ``torch.compile``'d (static shapes: one kernel
+    per bucket), or flex attention's eager reference where ``compiled`` is false. The additive
+    mask becomes a score modification, so it sees exactly what SDPA's mask lets through."""
+    from torch.nn.attention.flex_attention import flex_attention
+
+    flex = torch.compile(flex_attention, dynamic=False) if compiled else flex_attention
+
+    def attend(
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        mask: torch.Tensor,
+        scaling: float | None,
+    ) -> torch.Tensor:
+        bias = mask[:, 0, 0, :]  # [batch, L]
+
+        def score_mod(score: Any, b: Any, h: Any, q: Any, kv: Any) -> Any:
+            return score + bias[b, kv]
+
+        if compiled:
+            out: torch.Tensor = flex(
+                query, key, value, score_mod=score_mod, enable_gqa=True, scale=scaling
+            )
+            return out
+        with warnings.catch_warnings():  # "called without torch.compile": the point, here
+            warnings.simplefilter("ignore", UserWarning)
+            out = flex(query, key, value, score_mod=score_mod, enable_gqa=True, scale=scaling)
+        return out
+
+    return attend
 
 
 def _mixed_attention(
@@ -1931,13 +2036,13 @@ def _mixed_attention(
     batch, prompts, width, mask = cache.mixed
     heads, d = query.shape[1], query.shape[3]
     layer = cache.kv[layer_idx, :, :batch]  # [2, batch, max_seq_len, kv_heads, head_dim]
-    rows, _ = _slot_attention(
-        None,
+    rows = _decode_attention(
+        cache,
         query[0, :, :batch].transpose(0, 1).unsqueeze(2),
         layer[0].transpose(1, 2),
         layer[1].transpose(1, 2),
         mask,
-        scaling=scaling,
+        scaling,
     )
 
     def per_prompt(t: torch.Tensor) -> torch.Tensor:

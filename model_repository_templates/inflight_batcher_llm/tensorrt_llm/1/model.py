@@ -187,6 +187,7 @@ class TritonPythonModel:
             admission_wait_ms=float(params.get("admission_wait_ms", "0")),
             prefill_graphs=_auto_flag(params.get("prefill_graphs", "auto")),
             mixed_prefill_tokens=_auto_int(params.get("mixed_prefill_tokens", "auto")),
+            flex_decode_batch=_auto_int(params.get("flex_decode_batch", "auto")),
         )
         if group is not None and not group.leader:
             # like TensorRT-LLM's ranks above 0, this one never finishes loading: it follows rank
@@ -258,7 +259,8 @@ class TritonPythonModel:
             f"fused_layers={self.engine.fused_layers} async_decode={self.engine.async_decode} "
             f"prefill_graphs={len(self.engine._prefill_captured)} "
             f"mixed_prefill_tokens={self.engine.mixed_prefill_tokens} "
-            f"mixed_graphs={len(self.engine._mixed_captured)}"
+            f"mixed_graphs={len(self.engine._mixed_captured)} "
+            f"flex_decode_batch={self.engine.flex_decode_batch}"
         )
 
     # -- requests -------------------------------------------------------------------------------
