@@ -842,30 +842,23 @@ def test_the_capture_inputs_of_mixed_steps_write_the_scratch_slot_only(tiny_mode
     assert not bool((kv[:, :, -1, :64] == 1.0).any())
 
 
-def test_mixed_prefill_needs_fused_layers(tiny_model: Path) -> None:
-    with pytest.raises(ValueError, match="fused_layers"):
+@pytest.mark.parametrize(
+    ("option", "asked", "cuda_default"),
+    [("mixed_prefill_tokens", 128, 256), ("flex_decode_batch", 2, 32)],
+)
+def test_options_of_the_fused_layers_need_them_and_default_to_off_on_cpu(
+    tiny_model: Path, option: str, asked: int, cuda_default: int
+) -> None:
+    with pytest.raises(ValueError, match=f"^{option} needs fused_layers"):
         Engine(
             str(tiny_model),
             limits=EngineLimits(max_batch_size=2, max_seq_len=64),
             kv_cache="slots",
             fused_layers=False,
-            mixed_prefill_tokens=128,
+            **{option: asked},  # type: ignore[arg-type]
         )
     eng = Engine(str(tiny_model), limits=EngineLimits(max_batch_size=2, max_seq_len=64))
-    assert eng.mixed_prefill_tokens == (256 if eng.device.type == "cuda" else 0)
-
-
-def test_flex_decode_needs_fused_layers_and_is_off_by_default_on_cpu(tiny_model: Path) -> None:
-    with pytest.raises(ValueError, match="flex_decode_batch needs fused_layers"):
-        Engine(
-            str(tiny_model),
-            limits=EngineLimits(max_batch_size=2, max_seq_len=64),
-            kv_cache="slots",
-            fused_layers=False,
-            flex_decode_batch=2,
-        )
-    eng = Engine(str(tiny_model), limits=EngineLimits(max_batch_size=2, max_seq_len=64))
-    assert eng.flex_decode_batch == (32 if eng.device.type == "cuda" else 0)
+    assert getattr(eng, option) == (cuda_default if eng.device.type == "cuda" else 0)
     assert eng.slots is not None and (eng.slots.flex is None) == (eng.flex_decode_batch == 0)
 
 

@@ -2008,14 +2008,12 @@ def _flex_decoder(compiled: bool) -> Callable[..., torch.Tensor]:
         def score_mod(score: Any, b: Any, h: Any, q: Any, kv: Any) -> Any:
             return score + bias[b, kv]
 
-        if compiled:
+        with warnings.catch_warnings():
+            if not compiled:  # it warns that it runs without torch.compile: the point, here
+                warnings.simplefilter("ignore", UserWarning)
             out: torch.Tensor = flex(
                 query, key, value, score_mod=score_mod, enable_gqa=True, scale=scaling
             )
-            return out
-        with warnings.catch_warnings():  # "called without torch.compile": the point, here
-            warnings.simplefilter("ignore", UserWarning)
-            out = flex(query, key, value, score_mod=score_mod, enable_gqa=True, scale=scaling)
         return out
 
     return attend
