@@ -179,7 +179,7 @@ def closed_loop(
         sent[i], times[i] = time.perf_counter(), []
         engine.submit(req)
 
-    steps0 = engine.steps
+    steps0, ended0, queued0 = engine.steps, engine.ended_row_steps, engine.ended_row_steps_queued
     start = time.perf_counter()
     for _ in range(min(concurrency, requests)):
         submit()
@@ -212,6 +212,9 @@ def closed_loop(
         "itl_p99_ms": ms(pct(itl, 99)),
         "decode_steps": steps,
         "wall_per_step_ms": round(wall / max(steps, 1) * 1e3, 2),
+        # rows kept in the batch after their request ended, and of those, while a request waited
+        "ended_row_steps": engine.ended_row_steps - ended0,
+        "ended_row_steps_queued": engine.ended_row_steps_queued - queued0,
         "errors": errors[:3],
     }
 
@@ -919,6 +922,8 @@ def engine_run(
         "prefills": engine.prefills,
         "prefilled": engine.prefilled,
         "synced_launches": engine.synced_launches,
+        "ended_row_steps": engine.ended_row_steps,
+        "ended_row_steps_queued": engine.ended_row_steps_queued,
         "mixed_steps": engine.mixed_steps,
         "flex_decode_batch": engine.flex_decode_batch,
         "graphs_mixed": len(engine._mixed_captured),

@@ -909,6 +909,26 @@ def test_a_flex_attention_that_fails_falls_back_to_sdpa(caplog: pytest.LogCaptur
     assert cache.flex is None and "flex attention failed" in caplog.text
 
 
+def test_rows_carried_after_their_request_ended_are_counted(tiny_model: Path) -> None:
+    """A row whose request ended rides along while another row keeps the steps chaining: each
+    such step counts it once in ``ended_row_steps`` (none while a request waited: none did)."""
+    eng = _mixed_engine(tiny_model, max_batch_size=2).start()
+    try:
+        running = Run(eng, [1, 9, 8, 7], 500, end_id=-1)  # decodes until cancelled below
+        while not running.events:
+            time.sleep(0.001)
+        Run(eng, [1, 5, 6], 2, end_id=-1).wait()
+        steps = eng.steps
+        while eng.steps < steps + 5:
+            time.sleep(0.001)
+        assert eng.ended_row_steps >= 4
+        assert eng.ended_row_steps_queued == 0
+        eng.cancel(running.request)
+        running.wait()
+    finally:
+        eng.stop()
+
+
 def test_async_decode_is_on_by_default_only_on_cuda(tiny_model: Path) -> None:
     eng = Engine(str(tiny_model), limits=EngineLimits(max_batch_size=2, max_seq_len=64))
     assert eng.async_decode is (eng.device.type == "cuda")

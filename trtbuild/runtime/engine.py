@@ -423,6 +423,12 @@ class Engine:
         self._flip = 0  # which host buffer the next step's argmax goes to
         self.chained_steps = 0  # decode steps launched fed on the device (async_decode)
         self.synced_launches = 0  # decode steps launched after the steps in flight drained
+        # rows carried through a decode step after their request ended (async_decode keeps
+        # them until a request takes the row), and of those, the ones carried while a request
+        # waited in the queue (it could not ride on the step): where a full batch's throughput
+        # goes between one request's last token and the next one's first
+        self.ended_row_steps = 0
+        self.ended_row_steps_queued = 0
         self.prefills = 0  # prefill forwards (a batched one counts once)
         self.prefilled = 0  # requests they prefilled
         self.admission_wait_s = max(0.0, float(admission_wait_ms)) / 1e3
@@ -1438,6 +1444,10 @@ class Engine:
         length = next(x for x in self.length_buckets if x > max(fed))
         step = _Step(list(self._rows), self._host_packed[self._flip], None, pos)
         self._flip ^= 1
+        ended = sum(r.finish_reason is not None for r in self._rows)
+        self.ended_row_steps += ended
+        if self._queue:  # read without the lock: a counter, one request early or late at most
+            self.ended_row_steps_queued += ended
         if chained:
             self.chained_steps += 1
         else:

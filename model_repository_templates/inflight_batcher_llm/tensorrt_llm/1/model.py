@@ -649,7 +649,9 @@ class TritonPythonModel:
             f"({engine.chained_steps} launched before the last one's tokens were handed out, "
             f"{engine.synced_launches} after the steps in flight drained), "
             f"{engine.prefills} prefills of {engine.prefilled} requests "
-            f"({engine.mixed_steps} inside decode steps)"
+            f"({engine.mixed_steps} inside decode steps); rows carried after their request "
+            f"ended: {engine.ended_row_steps} row-steps ({engine.ended_row_steps_queued} while "
+            "a request waited)"
         )
 
 
