@@ -952,22 +952,27 @@ def phase_ab(args: argparse.Namespace, model: Any) -> dict[str, Any]:
 
 
 # -- served -----------------------------------------------------------------------------------------
-def iterations(metrics_url: str | None) -> int | None:
-    """The served engine's decode steps so far: TensorRT-LLM's iteration counter gauge, which
-    the portable runtime updates every cancellation poll."""
+def engine_gauges(metrics_url: str | None) -> dict[str, int]:
+    """The served engine's counters so far: ``steps`` (TensorRT-LLM's iteration counter gauge)
+    and the portable runtime's own (``trtbuild_runtime_counters``), which it updates every
+    cancellation poll; empty where the metrics cannot be read."""
     if not metrics_url:
-        return None
+        return {}
     import urllib.request
 
     try:
         with urllib.request.urlopen(metrics_url, timeout=5) as response:  # noqa: S310 - loopback
             text = response.read().decode()
     except OSError:
-        return None
+        return {}
+    out = {}
     for line in text.splitlines():
+        value = line.rsplit(" ", 1)[-1]
         if line.startswith("nv_trt_llm_general_metrics{") and "iteration_counter" in line:
-            return int(float(line.rsplit(" ", 1)[1]))
-    return None
+            out["steps"] = int(float(value))
+        elif line.startswith("trtbuild_runtime_counters{") and 'counter="' in line:
+            out[line.split('counter="', 1)[1].split('"', 1)[0]] = int(float(value))
+    return out
 
 
 def served_loop(
@@ -980,16 +985,18 @@ def served_loop(
 ) -> dict[str, Any]:
     """The closed loop of streaming gRPC clients (scripts/_grpc_load.py), in this file's keys
     (with ``metrics_url``, also the decode steps the engine ran meanwhile)."""
-    steps0 = iterations(metrics_url)
+    before = engine_gauges(metrics_url)
     records = _grpc_load.closed_loop(
         url, model, concurrency, max(1, requests // concurrency), prompts, OUTPUT
     )
     found = _grpc_load.summarize(records)
-    time.sleep(0.3)  # the gauge is refreshed every cancellation poll
-    steps1 = iterations(metrics_url)
-    steps = steps1 - steps0 if steps0 is not None and steps1 is not None else None
+    time.sleep(0.3)  # the gauges are refreshed every cancellation poll
+    after = engine_gauges(metrics_url)
+    counted = {k: after[k] - before[k] for k in after if k in before}
+    steps = counted.pop("steps", None)
     seconds = found.get("seconds")
     return {
+        "engine_counters": counted,
         "decode_steps": steps,
         "wall_per_step_ms": round(seconds / steps * 1e3, 2) if steps and seconds else None,
         "target": model,

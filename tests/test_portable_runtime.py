@@ -143,6 +143,23 @@ def _iterations(server) -> float:  # type: ignore[no-untyped-def]
     return value
 
 
+def test_the_engine_counters_are_served_as_metrics(served, reference: Reference) -> None:
+    """The portable runtime's counters (trtbuild_runtime_counters, one ``counter`` label value
+    each) follow the engine: a request's prefill shows, and every counter is there."""
+
+    def counter(name: str) -> float | None:
+        return metric(served.metrics_url, "trtbuild_runtime_counters", counter=name)
+
+    before = counter("prefills")
+    assert before is not None
+    stream_core(served.grpc_url, core_inputs(reference.encode("Count me"), 4, end_id=-1))
+    _settled_iterations(served)
+    assert (counter("prefills") or 0) >= before + 1
+    for name in ("chained_steps", "synced_launches", "mixed_steps", "ended_row_steps"):
+        assert counter(name) is not None, name
+    assert counter("ended_row_steps_queued") is not None
+
+
 def test_cancellation_stops_generation_and_frees_the_slot(served, reference: Reference) -> None:
     ids = reference.encode("Cancel me after a few tokens")
     before = _iterations(served)

@@ -65,6 +65,16 @@ CANCEL_POLL_S = 0.05
 SENDER_THREADS = 2  # default of the sender_threads parameter (2 beat 1 and 4 on an H200)
 DRAIN_MAX = 4096  # events a sender takes from its outbox at once (then merges per request)
 EXIT_FLUSH_S = 5.0  # after the engine thread died: time to deliver the error responses, then exit
+# the engine's counters served as the gauge family RUNTIME_METRICS, one label value each
+RUNTIME_METRICS = "trtbuild_runtime_counters"
+RUNTIME_COUNTERS = (
+    "chained_steps",
+    "synced_launches",
+    "prefills",
+    "mixed_steps",
+    "ended_row_steps",
+    "ended_row_steps_queued",
+)
 PERF_OUTPUTS = (
     "kv_cache_alloc_new_blocks", "kv_cache_reused_blocks", "kv_cache_alloc_total_blocks",
     "arrival_time_ns", "first_scheduled_time_ns", "first_token_time_ns", "last_token_time_ns",
@@ -476,12 +486,24 @@ class TritonPythonModel:
                 kind=pb_utils.MetricFamily.GAUGE,
             )
             iterations = general.Metric(labels={**labels, "general_type": "iteration_counter"})
+            # the portable runtime's own counters (engine attributes of these names; see
+            # trtbuild.runtime.engine), in a family of trtbuild's own
+            runtime = pb_utils.MetricFamily(
+                name=RUNTIME_METRICS,
+                description="trtbuild portable runtime counters since the model loaded",
+                kind=pb_utils.MetricFamily.GAUGE,
+            )
+            counters = {
+                name: [runtime.Metric(labels={**labels, "counter": name}), -1]
+                for name in RUNTIME_COUNTERS
+            }
             # the families must outlive their metrics: keep them with the model
-            self._metric_families = (family, general, gauges)
+            self._metric_families = (family, general, gauges, runtime)
             return {
                 "active": [gauges["active"], -1],
                 "waiting": [gauges["waiting"], -1],
                 "iterations": [iterations, -1],
+                **counters,
             }
         except Exception as exc:  # noqa: BLE001 - metrics are optional (e.g. --allow-metrics=false)
             pb_utils.Logger.log_warn(f"trtbuild: no custom metrics: {exc}")
@@ -493,6 +515,7 @@ class TritonPythonModel:
             ("active", engine.active),
             ("waiting", engine.waiting),
             ("iterations", engine.steps),
+            *((name, getattr(engine, name)) for name in RUNTIME_COUNTERS),
         ):
             slot = self._metrics.get(name)
             if slot is not None and slot[1] != value:
