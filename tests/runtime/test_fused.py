@@ -71,6 +71,49 @@ def test_the_fused_layers_run_and_generate_what_transformers_generates(
     assert all(count >= layers for count in calls.values()), calls  # every layer, every kernel
 
 
+@pytest.mark.parametrize("model_type", ["qwen2", "qwen3"])
+def test_the_fused_layers_serve_q_k_v_biases_and_per_head_norms(model_type: str) -> None:
+    """Qwen2's q/k/v biases and Qwen3's RMSNorm of each q and k head, through the fused layers
+    (with mixed prefills and flex decode attention from 2 rows on): greedy output equals
+    transformers' generate on the same random model, three requests at once."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.for_model(
+        model_type,
+        vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=512,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
+    with torch.no_grad():  # biases start at zero: give them values that change the output
+        for name, param in model.named_parameters():
+            if name.endswith("bias"):
+                param.normal_(std=0.5)
+    want = []
+    with torch.no_grad():
+        for p in PROMPTS:
+            out = model.generate(
+                torch.tensor([p]), max_new_tokens=12, do_sample=False, pad_token_id=0,
+                eos_token_id=None,
+            )  # fmt: skip
+            want.append(out[0][len(p) :].tolist())
+    eng = Engine(
+        "",
+        model=model,
+        limits=EngineLimits(max_batch_size=4, max_seq_len=512, max_num_tokens=512),
+        kv_cache="slots",
+        fused_layers=True,
+        async_decode=True,
+        mixed_prefill_tokens=256,
+        flex_decode_batch=2,
+    ).start()
+    try:
+        assert eng.fused_layers
+        assert _greedy_all(eng) == want
+    finally:
+        eng.stop()
+
+
 def test_merged_weights_are_views_so_memory_does_not_grow(tiny_model: Path) -> None:
     model = _load(tiny_model)
     before = sum(p.numel() for p in model.parameters())
