@@ -325,6 +325,10 @@ def phase_env(args: argparse.Namespace) -> dict[str, Any]:
         "transformers": transformers.__version__,
         "numpy": numpy.__version__,
         "hbm_copy_bytes_per_s": round(bandwidth),
+        # which GPU this call got (calls may land on different ones) and its state at start
+        "gpu_state": nvidia_smi(
+            "--query-gpu=uuid,clocks.sm,clocks.max.sm,clocks.mem,power.limit,temperature.gpu"
+        ),
     }
 
 
@@ -1027,11 +1031,14 @@ def gpu_apps() -> dict[int, int]:
 
 
 class MemoryPoll:
-    """Peak GPU memory while serving: the whole GPU, and the processes other than this one."""
+    """Peak GPU memory while serving: the whole GPU, and the processes other than this one;
+    and the GPU's clocks, temperature, power and throttle reasons over the same samples (a
+    slower call's numbers can then be told from a slower engine's)."""
 
     def __init__(self) -> None:
         self.peak = 0
         self.peak_others = 0
+        self.clocks: dict[str, Any] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -1042,6 +1049,27 @@ class MemoryPoll:
                 self.peak = max(self.peak, used)
             others = sum(m for pid, m in gpu_apps().items() if pid != os.getpid())
             self.peak_others = max(self.peak_others, others)
+            self._sample_clocks()
+
+    def _sample_clocks(self) -> None:
+        fields = "clocks.sm,clocks.mem,temperature.gpu,power.draw,clocks_throttle_reasons.active"
+        answer = nvidia_smi(f"--query-gpu={fields}")
+        if not answer:
+            return
+        parts = [p.strip() for p in answer.splitlines()[0].split(",")]
+        if len(parts) != 5:
+            return
+        c = self.clocks
+        for key, text in zip(("sm_mhz", "mem_mhz", "temp_c", "power_w"), parts[:4], strict=True):
+            try:
+                value = float(text)
+            except ValueError:
+                continue
+            c[f"{key}_min"] = min(c.get(f"{key}_min", value), value)
+            c[f"{key}_max"] = max(c.get(f"{key}_max", value), value)
+        c.setdefault("throttle_reasons_seen", [])
+        if parts[4] not in c["throttle_reasons_seen"]:
+            c["throttle_reasons_seen"].append(parts[4])
 
     def __enter__(self) -> MemoryPoll:
         self._thread.start()
@@ -1264,7 +1292,7 @@ def phase_served(args: argparse.Namespace) -> dict[str, Any]:
         for kind, target, concurrency, requests in (
             ("core", "tensorrt_llm", 1, 6),
             ("core", "tensorrt_llm", 16, 64),
-            ("core", "tensorrt_llm", 64, 384),
+            *[("core", "tensorrt_llm", 64, 384)] * args.served_repeats,
             ("ensemble", "ensemble", 64, 384),
         ):
             prompts = id_prompts if kind == "core" else texts
@@ -1279,6 +1307,7 @@ def phase_served(args: argparse.Namespace) -> dict[str, Any]:
         out["log_tail"] = server.log_tail(15)
     out["gpu_memory_used_mib_peak"] = memory.peak
     out["gpu_memory_server_processes_mib_peak"] = memory.peak_others
+    out["gpu_clocks_while_serving"] = memory.clocks
     return out
 
 
@@ -1395,6 +1424,12 @@ def main() -> int:
         "--served-variants",
         default="",
         help="served_ab variants to run (indexes into SERVED_VARIANTS, comma-separated; all if empty)",
+    )
+    parser.add_argument(
+        "--served-repeats",
+        type=int,
+        default=1,
+        help="the served phase's core c=64 loop, this many times on one server",
     )
     parser.add_argument(
         "--gemm-m",
