@@ -204,3 +204,12 @@ def test_only_the_token_dimension_of_a_compiled_kernel_is_dynamic() -> None:
         gate_up = torch.randn(tokens, 2 * hidden)
         torch.testing.assert_close(kernels.silu_mul(gate_up), fused.silu_mul(gate_up))
     assert counters["stats"]["unique_graphs"] - graphs == 2
+
+
+def test_each_compiled_set_of_kernels_raises_the_recompile_limit_by_what_it_needs() -> None:
+    config = torch._dynamo.config
+    before = config.recompile_limit
+    fused.Kernels(compile=True)
+    assert config.recompile_limit == before + fused.KERNEL_ENTRIES
+    fused.Kernels(compile=False)
+    assert config.recompile_limit == before + fused.KERNEL_ENTRIES

@@ -1120,10 +1120,7 @@ class Engine:
             return
         if compiled:
             shapes = sum(b >= self.flex_decode_batch for b in self.batch_buckets)
-            shapes *= len(self.length_buckets)
-            config = torch._dynamo.config
-            name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
-            setattr(config, name, getattr(config, name) + 2 * shapes)
+            _fused.raise_recompile_limit(2 * shapes * len(self.length_buckets))
         self.slots.flex = _flex_decoder(compiled)
         self.slots.flex_from = self.flex_decode_batch
 

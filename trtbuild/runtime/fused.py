@@ -78,12 +78,28 @@ def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
     return F.silu(gate) * up
 
 
+def raise_recompile_limit(entries: int) -> None:
+    """Let each function ``torch.compile`` compiles take ``entries`` more compilations in this
+    process: past its limit (8 by default) a function runs eagerly, and every engine of a process
+    (the bench makes several) compiles the same functions for its own shapes and dtype."""
+    config = torch._dynamo.config
+    name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
+    setattr(config, name, getattr(config, name) + entries)
+
+
+# compilations of one elementwise function per Kernels (one model, one dtype): a single token
+# (static) and any other number of tokens (dynamic)
+KERNEL_ENTRIES = 2
+
+
 class Kernels:
     """The four elementwise functions, compiled (``torch.compile``, dynamic shapes) or eager. A
     compiled function that fails on its first call (warm-up, before any CUDA graph is captured)
     is replaced by the eager one, with a warning."""
 
     def __init__(self, compile: bool) -> None:
+        if compile:
+            raise_recompile_limit(KERNEL_ENTRIES)
         for name, fn in (
             ("norm", rms_norm),
             ("add_norm", add_rms_norm),
