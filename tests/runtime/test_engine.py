@@ -33,7 +33,8 @@ from trtbuild.runtime.engine import (
 # "async": the slot layout launching each decode step before the last one's tokens are handed out,
 # its small prefills through the bucketed path CUDA graphs capture (both on by default on CUDA only;
 # eager here); "mixed": fused layers and async steps with arrivals prefilled inside decode steps,
-# and decode steps of 2 rows or more attending through flex attention (its eager reference here)
+# decode steps of 2 rows or more attending through flex attention (its eager reference here), and
+# the layers writing the KV cache in their rotary kernel (fused_kv_writes)
 LAYOUTS = ["slots", "fused", "async", "mixed", "dynamic"]
 
 
@@ -46,6 +47,7 @@ def layout_kwargs(layout: str) -> dict[str, object]:
             "fused_layers": True,
             "mixed_prefill_tokens": 256,
             "flex_decode_batch": 2,
+            "fused_kv_writes": True,
         }
     if layout == "async":
         return {
@@ -844,7 +846,11 @@ def test_the_capture_inputs_of_mixed_steps_write_the_scratch_slot_only(tiny_mode
 
 @pytest.mark.parametrize(
     ("option", "asked", "cuda_default"),
-    [("mixed_prefill_tokens", 128, 256), ("flex_decode_batch", 2, 32)],
+    [
+        ("mixed_prefill_tokens", 128, 256),
+        ("flex_decode_batch", 2, 32),
+        ("fused_kv_writes", True, 0),
+    ],
 )
 def test_options_of_the_fused_layers_need_them_and_default_to_off_on_cpu(
     tiny_model: Path, option: str, asked: int, cuda_default: int

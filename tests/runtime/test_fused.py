@@ -193,6 +193,43 @@ def test_the_compiled_kernels_compute_what_the_eager_ones_do() -> None:
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")  # torch's own
+def test_the_compiled_rotary_store_writes_the_cache_in_place() -> None:
+    """fused_kv_writes' kernel: rotary of q and k, and k and v written into the cache at each
+    token's flat position, into the cache tensor itself (what attention reads next), nowhere
+    else; the token count dynamic, the cache's size not."""
+    from torch._dynamo.utils import counters
+
+    kernels = fused.Kernels(compile=True, kv_writes=True)
+    gen = torch.Generator().manual_seed(1)
+    cache_k, cache_v = torch.zeros(400, 2, 16), torch.zeros(400, 2, 16)
+    pointers = (cache_k.data_ptr(), cache_v.data_ptr())
+    graphs = counters["stats"]["unique_graphs"]
+    written = torch.zeros(400, dtype=torch.bool)
+    for tokens in (3, 6, 11):
+        qkv = torch.randn(tokens, 4 * 16 + 2 * 16 + 2 * 16, generator=gen)
+        q, k, v = qkv.split([64, 32, 32], dim=-1)
+        q, k, v = q.view(tokens, 4, 16), k.view(tokens, 2, 16), v.view(tokens, 2, 16)
+        cos, sin = torch.randn(tokens, 16, generator=gen), torch.randn(tokens, 16, generator=gen)
+        index = torch.randperm(400, generator=gen)[:tokens]
+        before_k, before_v = cache_k.clone(), cache_v.clone()
+        got_q, got_k = kernels.rotary_store(q, k, v, cos, sin, cache_k, cache_v, index)
+        want_q, want_k = fused.rotary(q, k, cos, sin)
+        torch.testing.assert_close(got_q, want_q)
+        torch.testing.assert_close(got_k, want_k)
+        torch.testing.assert_close(cache_k[index], want_k)
+        torch.testing.assert_close(cache_v[index], v)
+        others = torch.ones(400, dtype=torch.bool)
+        others[index] = False
+        assert torch.equal(cache_k[others], before_k[others])
+        assert torch.equal(cache_v[others], before_v[others])
+        written[index] = True
+    assert (cache_k.data_ptr(), cache_v.data_ptr()) == pointers
+    assert bool(cache_k[written].abs().sum(-1).gt(0).all())
+    assert counters["stats"]["unique_graphs"] - graphs == 1
+    assert kernels.status()["rotary_store"] == "compiled" and "rotary" not in kernels.status()
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")  # torch's own
 def test_only_the_token_dimension_of_a_compiled_kernel_is_dynamic() -> None:
     """The inner sizes are constants of the compiled kernel (a fully dynamic one indexes
     through symbolic sizes): a new hidden size compiles again, a new token count does not."""

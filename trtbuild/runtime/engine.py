@@ -329,6 +329,7 @@ class Engine:
         prefill_graphs: bool | None = None,
         mixed_prefill_tokens: int | None = None,
         flex_decode_batch: int | None = None,
+        fused_kv_writes: bool = False,
     ) -> None:
         """``kv_cache``: ``auto``, ``slots`` or ``dynamic`` (see the module docstring).
         ``compile_decode``: fuse the slot layout's decode step with ``torch.compile`` (dynamic
@@ -360,6 +361,9 @@ class Engine:
         SDPA (needs fused layers; compiled per (batch, L) bucket at warm-up; on CPU it runs
         flex attention's eager reference, for tests). ``None``: ``FLEX_DECODE_BATCH`` where the
         fused layers' kernels are compiled (CUDA with Triton); 0: never.
+        ``fused_kv_writes``: the fused layers write each token's keys and values into the slot
+        cache inside their rotary kernel instead of two writes of their own (one compiled kernel
+        where there are three; needs fused layers). Off by default: not yet measured on a GPU.
         ``model``: an already loaded causal LM to serve instead of loading ``model_dir``.
         ``group``: this rank's tensor-parallel group (``model_dir`` is then this rank's shard):
         rank 0 serves and broadcasts each step, the others run ``follow`` (see
@@ -456,12 +460,13 @@ class Engine:
         self.mixed_steps = 0  # decode steps that prefilled requests too
         self.fused_layers = False
         self.flex_decode_batch = 0  # see _setup_flex
+        self.fused_kv_writes = False  # see _fuse_layers
         if async_decode is None:
             async_decode = self.device.type == "cuda"
         self.async_decode = bool(async_decode) and self._group is None
         if self.kv_layout == "slots":
             self._setup_slots(spare=compile_decode)
-            self._fuse_layers(fused_layers, compile=not compile_decode)
+            self._fuse_layers(fused_layers, compile=not compile_decode, kv_writes=fused_kv_writes)
             if not self.fused_layers:
                 if mixed_asked:
                     raise ValueError("mixed_prefill_tokens needs fused_layers (set it true)")
@@ -1090,18 +1095,21 @@ class Engine:
         ]
         self._mx_flip = 0
 
-    def _fuse_layers(self, wanted: bool | None, compile: bool) -> None:
+    def _fuse_layers(self, wanted: bool | None, compile: bool, kv_writes: bool) -> None:
         assert self.slots is not None
         reason = _fused.unsupported(self.model)
         if wanted is None:
             wanted = self.device.type == "cuda" and reason is None
         if not wanted:
+            if kv_writes:
+                raise ValueError("fused_kv_writes needs fused_layers (set it true)")
             return
         if reason is not None:
             raise ValueError(f"fused_layers cannot serve this model: {reason}")
         compile = compile and self.device.type == "cuda" and _triton_available()
-        _fused.fuse(self.model, _slot_attention, compile=compile)
+        _fused.fuse(self.model, _slot_attention, compile=compile, kv_writes=kv_writes)
         self.slots.fused_layers = self.fused_layers = True
+        self.fused_kv_writes = kv_writes
 
     def _setup_flex(self, wanted: int | None) -> None:
         """Resolve ``flex_decode_batch`` (see ``__init__``) and hand the slot cache its flex
@@ -1899,13 +1907,26 @@ class _SlotCache:
         layer_idx: int,
         cache_kwargs: dict[str, Any] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        cache_k, cache_v, index = self.write_targets(layer_idx)
+        _, heads, _, d = key_states.shape
+        cache_k[index] = key_states.transpose(1, 2).reshape(-1, heads, d)
+        cache_v[index] = value_states.transpose(1, 2).reshape(-1, heads, d)
+        return self.read(key_states, value_states, layer_idx)
+
+    def write_targets(self, layer_idx: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Where a forward's new keys and values go: layer ``layer_idx``'s K and V ``[slots x
+        max_seq_len, kv_heads, head_dim]`` and each new token's flat position in them (the
+        fused layers write them there themselves with ``kv_writes``)."""
         assert self.index is not None
-        b, heads, t, d = key_states.shape
-        self.flat[layer_idx, 0][self.index] = key_states.transpose(1, 2).reshape(-1, heads, d)
-        self.flat[layer_idx, 1][self.index] = value_states.transpose(1, 2).reshape(-1, heads, d)
+        return self.flat[layer_idx, 0], self.flat[layer_idx, 1], self.index
+
+    def read(
+        self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """What attention reads once the new keys and values are written (``update``)."""
         if not self.decoding:
             return key_states, value_states
-        layer = self.kv[layer_idx, :, :b]  # [2, batch, max_seq_len, kv_heads, head_dim]
+        layer = self.kv[layer_idx, :, : key_states.shape[0]]  # [2, batch, max_seq_len, kv_heads, d]
         return layer[0].transpose(1, 2), layer[1].transpose(1, 2)  # attention reads the first L
 
     # bookkeeping (engine thread)

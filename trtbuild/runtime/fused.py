@@ -73,6 +73,26 @@ def rotary(
     return (q * cos) + (_rotate_half(q) * sin), (k * cos) + (_rotate_half(k) * sin)
 
 
+def rotary_store(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    cache_k: torch.Tensor,
+    cache_v: torch.Tensor,
+    index: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``rotary`` of q and k, and k and v written into one layer's KV cache (``cache_k`` /
+    ``cache_v`` ``[positions, kv_heads, d]``) at ``index`` (one flat position per token), in
+    place: compiled, one kernel where it would be three (inductor writes into the cache
+    itself, it does not copy it)."""
+    q, k = rotary(q, k, cos, sin)
+    cache_k.index_put_((index,), k)
+    cache_v.index_put_((index,), v)
+    return q, k
+
+
 def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
     gate, up = gate_up.chunk(2, dim=-1)
     return F.silu(gate) * up
@@ -92,27 +112,43 @@ def raise_recompile_limit(entries: int) -> None:
 KERNEL_ENTRIES = 2
 
 
-class Kernels:
-    """The four elementwise functions, compiled (``torch.compile``, dynamic shapes) or eager. A
-    compiled function that fails on its first call (warm-up, before any CUDA graph is captured)
-    is replaced by the eager one, with a warning."""
+# each function's tensor arguments whose first dimension is the token count (the dynamic one);
+# None: every argument with more than one dimension (a norm's weight is the one left static)
+_TOKEN_ARGS: dict[str, tuple[int, ...] | None] = {
+    "norm": None,
+    "add_norm": None,
+    "rotary": None,
+    "rotary_store": (0, 1, 2, 3, 4, 7),  # not the cache: its size is fixed
+    "silu_mul": None,
+}
 
-    def __init__(self, compile: bool) -> None:
+
+class Kernels:
+    """The elementwise functions, compiled (``torch.compile``, the token count dynamic) or
+    eager. A compiled function that fails on its first call (warm-up, before any CUDA graph is
+    captured) is replaced by the eager one, with a warning. ``rotary_store`` serves layers that
+    write the KV cache themselves (``kv_writes``); the others, ``rotary``."""
+
+    def __init__(self, compile: bool, kv_writes: bool = False) -> None:
         if compile:
             raise_recompile_limit(KERNEL_ENTRIES)
+        self.kv_writes = kv_writes
         for name, fn in (
             ("norm", rms_norm),
             ("add_norm", add_rms_norm),
             ("rotary", rotary),
+            ("rotary_store", rotary_store),
             ("silu_mul", silu_mul),
         ):
-            setattr(self, name, _FirstCallFallback(name, fn, compile))
+            setattr(self, name, _FirstCallFallback(name, fn, compile, _TOKEN_ARGS[name]))
 
     def status(self) -> dict[str, str]:
-        """Each function: ``compiled``, ``eager`` (not asked, or it fell back) or ``pending``
-        (compiled, not called yet)."""
+        """Each function the layers call: ``compiled``, ``eager`` (not asked, or it fell back)
+        or ``pending`` (compiled, not called yet)."""
         out = {}
-        for name in ("norm", "add_norm", "rotary", "silu_mul"):
+        for name in _TOKEN_ARGS:
+            if name == ("rotary" if self.kv_writes else "rotary_store"):
+                continue
             w: _FirstCallFallback = getattr(self, name)
             out[name] = "eager" if w.fn is w.eager else ("compiled" if w.proven else "pending")
         return out
@@ -120,23 +156,29 @@ class Kernels:
     norm: Callable[..., torch.Tensor]
     add_norm: Callable[..., tuple[torch.Tensor, torch.Tensor]]
     rotary: Callable[..., tuple[torch.Tensor, torch.Tensor]]
+    rotary_store: Callable[..., tuple[torch.Tensor, torch.Tensor]]
     silu_mul: Callable[..., torch.Tensor]
 
 
 class _FirstCallFallback:
-    """``fn`` compiled with only the first dimension of its tensor arguments dynamic (of those
-    with more than one dimension: a norm's weight stays static)."""
+    """``fn`` compiled with only the first dimension of its token arguments dynamic (``tokens``:
+    their positions; None: every tensor argument with more than one dimension)."""
 
-    def __init__(self, name: str, fn: Callable[..., Any], compile: bool) -> None:
+    def __init__(
+        self, name: str, fn: Callable[..., Any], compile: bool, tokens: tuple[int, ...] | None
+    ) -> None:
         self.name, self.eager = name, fn
         self.fn = torch.compile(fn, dynamic=False, fullgraph=True) if compile else fn
         self.compiled = compile
+        self.tokens = tokens
         self.proven = not compile
 
     def __call__(self, *args: Any) -> Any:
         if self.compiled and self.fn is not self.eager:
-            for a in args:
-                if isinstance(a, torch.Tensor) and a.dim() > 1:
+            for i, a in enumerate(args):
+                if not isinstance(a, torch.Tensor):
+                    continue
+                if (i in self.tokens) if self.tokens is not None else a.dim() > 1:
                     torch._dynamo.maybe_mark_dynamic(a, 0)
         if self.proven:
             return self.fn(*args)
@@ -209,13 +251,17 @@ def unsupported(model: Any) -> str | None:
     return None
 
 
-def fuse(model: Any, attention: Callable[..., Any], *, compile: bool) -> None:
+def fuse(
+    model: Any, attention: Callable[..., Any], *, compile: bool, kv_writes: bool = False
+) -> None:
     """Rewrite every decoder layer of ``model`` in place (see the module docstring); ``attention``
-    is the slot layout's attention function (transformers' attention-interface signature)."""
+    is the slot layout's attention function (transformers' attention-interface signature).
+    ``kv_writes``: each layer writes its keys and values into the cache itself, in the rotary
+    kernel (``rotary_store``), where the cache offers it (``write_targets``)."""
     reason = unsupported(model)
     if reason is not None:
         raise ValueError(f"cannot fuse this model's layers: {reason}")
-    kernels = Kernels(compile)
+    kernels = Kernels(compile, kv_writes)
     for layer in model.get_decoder().layers:
         if getattr(layer, FUSED_ATTR, None) is None:
             setattr(layer, FUSED_ATTR, _Fused(layer, kernels))
@@ -258,13 +304,19 @@ def _layer_forward(
     if f.qk_norm:
         q, key = attn.q_norm(q), attn.k_norm(key)
     assert position_embeddings is not None
-    cos, sin = position_embeddings
-    q, key = k.rotary(q, key, cos.reshape(n, d), sin.reshape(n, d))
+    cos, sin = (x.reshape(n, d) for x in position_embeddings)
 
     def heads_first(x: torch.Tensor) -> torch.Tensor:  # [b, heads, t, d], as attention takes it
         return x.view(b, t, -1, d).transpose(1, 2)
 
-    key, value = past_key_values.update(heads_first(key), heads_first(value), attn.layer_idx)
+    if k.kv_writes:  # the rotary kernel writes the cache: the cache only says what to read
+        cache_k, cache_v, index = past_key_values.write_targets(attn.layer_idx)
+        value = value.view(n, -1, d)
+        q, key = k.rotary_store(q, key, value, cos, sin, cache_k, cache_v, index)
+        key, value = past_key_values.read(heads_first(key), heads_first(value), attn.layer_idx)
+    else:
+        q, key = k.rotary(q, key, cos, sin)
+        key, value = past_key_values.update(heads_first(key), heads_first(value), attn.layer_idx)
     out, _ = self._trtbuild_attention(
         attn,
         heads_first(q),
