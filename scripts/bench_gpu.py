@@ -510,6 +510,18 @@ def phase_flex_ab(args: argparse.Namespace, model: Any) -> dict[str, Any]:
     }
 
 
+def phase_kv_writes_ab(args: argparse.Namespace, model: Any) -> dict[str, Any]:
+    """The fused layers writing the KV cache in their rotary kernel (fused_kv_writes) against
+    the default (two writes of the cache's own), same engine otherwise, and the kernels of a
+    batch-64 step with it."""
+    plan = [(1, 8), (16, 64), (64, 384)]
+    out = {"default": engine_run(model, "kv writes apart", plan, mixed_ms=True)}
+    out["fused_kv_writes"] = engine_run(
+        model, "kv writes in rotary", plan, mixed_ms=True, fused_kv_writes=True
+    )
+    return out
+
+
 def mixed_graph_ms(engine: Engine, batch: int = 64, length: int = 256) -> dict[str, Any]:
     """GPU ms of each (``batch``, ``length``, requests, width) mixed graph, inputs that write
     the scratch slot only (as at capture), and of the plain decode step beside them."""
@@ -930,6 +942,7 @@ def engine_run(
         "ended_row_steps_queued": engine.ended_row_steps_queued,
         "mixed_steps": engine.mixed_steps,
         "flex_decode_batch": engine.flex_decode_batch,
+        "fused_kv_writes": engine.fused_kv_writes,
         "graphs_mixed": len(engine._mixed_captured),
         "graphs_prefill": len(engine._prefill_captured),
         "step_gpu_ms": step_ms,
@@ -1124,6 +1137,7 @@ def _variant(
     prefill_graphs: str = "auto",
     mixed: str = "auto",
     flex: str = "auto",
+    kv_writes: str = "false",
 ) -> dict[str, str]:
     return {
         "sender_threads": str(senders),
@@ -1134,6 +1148,7 @@ def _variant(
         "prefill_graphs": prefill_graphs,
         "mixed_prefill_tokens": mixed,
         "flex_decode_batch": flex,
+        "fused_kv_writes": kv_writes,
     }
 
 
@@ -1162,6 +1177,7 @@ SERVED_VARIANTS = {
     "mixed prefills (the defaults)": _variant(2, "auto"),
     "mixed_prefill_tokens 512": _variant(2, "auto", mixed="512"),
     "flex_decode_batch 0 (SDPA decode attention)": _variant(2, "auto", flex="0"),
+    "fused_kv_writes true": _variant(2, "auto", kv_writes="true"),
 }
 
 
@@ -1391,6 +1407,7 @@ PHASES: dict[str, tuple[str, Callable[[argparse.Namespace, Any], dict[str, Any]]
     "attention": ("own", lambda args, model: phase_attention(args)),
     "flash_decode": ("own", lambda args, model: phase_flash_decode(args)),
     "flex_ab": ("model", phase_flex_ab),
+    "kv_writes_ab": ("model", phase_kv_writes_ab),
     "served": ("served", lambda args, model: phase_served(args)),
     "served_ab": ("served", lambda args, model: phase_served_ab(args)),
     "parity8b32": ("own", lambda args, model: phase_parity8b32(args)),

@@ -198,6 +198,7 @@ class TritonPythonModel:
             prefill_graphs=_auto_flag(params.get("prefill_graphs", "auto")),
             mixed_prefill_tokens=_auto_int(params.get("mixed_prefill_tokens", "auto")),
             flex_decode_batch=_auto_int(params.get("flex_decode_batch", "auto")),
+            fused_kv_writes=_param_flag(params.get("fused_kv_writes", "false")),
         )
         if group is not None and not group.leader:
             # like TensorRT-LLM's ranks above 0, this one never finishes loading: it follows rank
@@ -270,7 +271,8 @@ class TritonPythonModel:
             f"prefill_graphs={len(self.engine._prefill_captured)} "
             f"mixed_prefill_tokens={self.engine.mixed_prefill_tokens} "
             f"mixed_graphs={len(self.engine._mixed_captured)} "
-            f"flex_decode_batch={self.engine.flex_decode_batch}"
+            f"flex_decode_batch={self.engine.flex_decode_batch} "
+            f"fused_kv_writes={self.engine.fused_kv_writes}"
         )
 
     # -- requests -------------------------------------------------------------------------------
