@@ -1998,7 +1998,7 @@ def _decode_attention(
     key, value = key[:, :, :length], value[:, :, :length]
     if cache is not None and cache.flex is not None and b >= cache.flex_from:
         try:
-            return cache.flex(query, key, value, mask, scaling)
+            return cache.flex((query, key, value), mask, scaling)
         except Exception:
             if query.device.type == "cuda" and torch.cuda.is_current_stream_capturing():
                 raise
@@ -2025,12 +2025,11 @@ def _flex_decoder(compiled: bool) -> Callable[..., torch.Tensor]:
     flex = torch.compile(flex_attention, dynamic=False) if compiled else flex_attention
 
     def attend(
-        query: torch.Tensor,
-        key: torch.Tensor,
-        value: torch.Tensor,
+        qkv: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
         mask: torch.Tensor,
         scaling: float | None,
     ) -> torch.Tensor:
+        query, key, value = qkv
         bias = mask[:, 0, 0, :]  # [batch, L]
 
         def score_mod(score: Any, b: Any, h: Any, q: Any, kv: Any) -> Any:
