@@ -868,6 +868,29 @@ def test_options_of_the_fused_layers_need_them_and_default_to_off_on_cpu(
     assert eng.slots is not None and (eng.slots.flex is None) == (eng.flex_decode_batch == 0)
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch's own, on torch.compile
+def test_flex_decode_is_on_by_default_only_where_warm_up_compiles_every_bucket(
+    tiny_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With CUDA graphs every (batch, L) bucket's flex kernel compiles at capture; without them
+    (or with compile_decode) the first request of each bucket would wait for it: off there."""
+    import torch
+
+    eng = Engine(
+        str(tiny_model),
+        limits=EngineLimits(max_batch_size=64, max_seq_len=128),
+        kv_cache="slots",
+        fused_layers=True,
+    )
+    monkeypatch.setattr(engine_module, "_triton_available", lambda: True)
+    eng.device = torch.device("cuda")  # the decision alone: nothing runs on it
+    assert eng.slots is not None
+    eng._setup_flex(None, graphs=False)
+    assert eng.flex_decode_batch == 0 and eng.slots.flex is None
+    eng._setup_flex(None, graphs=True)
+    assert eng.flex_decode_batch == engine_module.FLEX_DECODE_BATCH and eng.slots.flex is not None
+
+
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_flex_decode_attention_computes_what_sdpa_does(dtype: str) -> None:
     """The slot decode attention through flex attention (its eager reference here) against

@@ -471,7 +471,7 @@ class Engine:
                 if mixed_asked:
                     raise ValueError("mixed_prefill_tokens needs fused_layers (set it true)")
                 self.mixed_prefill_tokens, self.mixed_buckets = 0, []
-            self._setup_flex(flex_decode_batch)
+            self._setup_flex(flex_decode_batch, graphs=self.cuda_graphs and not compile_decode)
             if compile_decode:
                 self._forward = _dynamic_rows(torch.compile(self._decode_forward))
         elif getattr(self.model.config, "_attn_implementation", None) == SLOT_ATTENTION:
@@ -1111,18 +1111,20 @@ class Engine:
         self.slots.fused_layers = self.fused_layers = True
         self.fused_kv_writes = kv_writes
 
-    def _setup_flex(self, wanted: int | None) -> None:
+    def _setup_flex(self, wanted: int | None, graphs: bool) -> None:
         """Resolve ``flex_decode_batch`` (see ``__init__``) and hand the slot cache its flex
         attention. Each (batch, L) bucket it serves is one more compilation of it (two where a
         mixed step's rows lay out their queries' strides differently), so the process's
         recompile limit grows by that many: torch.compile falls back to eager past 8 shapes of
-        one function, and every engine of a process compiles the same one."""
+        one function, and every engine of a process compiles the same one. By default only
+        with CUDA graphs (``graphs``), whose capture at warm-up compiles every bucket: without
+        them the first request of each new batch and length would wait for its compilation."""
         assert self.slots is not None
         if wanted is not None and wanted > 0 and not self.fused_layers:
             raise ValueError("flex_decode_batch needs fused_layers (set it true)")
         compiled = self.fused_layers and self.device.type == "cuda" and _triton_available()
         if wanted is None:
-            wanted = FLEX_DECODE_BATCH if compiled and self._group is None else 0
+            wanted = FLEX_DECODE_BATCH if compiled and graphs and self._group is None else 0
         self.flex_decode_batch = max(0, int(wanted))
         if not self.flex_decode_batch:
             return
