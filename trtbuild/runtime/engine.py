@@ -360,7 +360,8 @@ class Engine:
         at least this many rows attend through ``torch.compile``'d flex attention instead of
         SDPA (needs fused layers; compiled per (batch, L) bucket at warm-up; on CPU it runs
         flex attention's eager reference, for tests). ``None``: ``FLEX_DECODE_BATCH`` where the
-        fused layers' kernels are compiled (CUDA with Triton); 0: never.
+        fused layers' kernels are compiled (CUDA with Triton) and CUDA graphs capture every
+        bucket at warm-up (not with ``compile_decode``); 0: never.
         ``fused_kv_writes``: the fused layers write each token's keys and values into the slot
         cache inside their rotary kernel instead of two writes of their own (one compiled kernel
         where there are three; needs fused layers). Off by default: not yet measured on a GPU.
