@@ -580,7 +580,7 @@ class Engine:
     @property
     def active(self) -> int:
         """Running requests (rows that ended but stay while steps chain are not counted)."""
-        return sum(r.finish_reason is None for r in list(self._rows))
+        return sum(r.finish_reason is None for r in list(self._rows))  # a snapshot: any thread
 
     @property
     def waiting(self) -> int:
@@ -758,8 +758,7 @@ class Engine:
         if not self._admission_due():
             return admitted
         budget = self.limits.max_num_tokens
-        live = sum(r.finish_reason is None for r in self._rows)
-        free = self.limits.max_batch_size - (live if riders else len(self._rows))
+        free = self.limits.max_batch_size - len(self._live() if riders else self._rows)
         mixing = bool(self.mixed_buckets and self._rows)
         now = time.monotonic_ns()
         while self._queue and len(admitted) < free:

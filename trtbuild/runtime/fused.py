@@ -169,12 +169,11 @@ class _FirstCallFallback:
     ) -> None:
         self.name, self.eager = name, fn
         self.fn = torch.compile(fn, dynamic=False, fullgraph=True) if compile else fn
-        self.compiled = compile
         self.tokens = tokens
         self.proven = not compile
 
     def __call__(self, *args: Any) -> Any:
-        if self.compiled and self.fn is not self.eager:
+        if self.fn is not self.eager:  # compiled, and it has not fallen back
             for i, a in enumerate(args):
                 if not isinstance(a, torch.Tensor):
                     continue
