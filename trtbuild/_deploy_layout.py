@@ -19,7 +19,7 @@ from trtbuild.builder._trtllm import CONTAINER, PINNED_TRTLLM
 from trtbuild.errors import SpecError
 from trtbuild.plan import Plan
 from trtbuild.server import TritonInstall, launch_argv, repo_launch
-from trtbuild.specs import DeploySpec, RepoSpec, ServeSpec
+from trtbuild.specs import DEPLOY_HOST, DeploySpec, RepoSpec, ServeSpec
 
 TRITONSERVER = Path("/opt/tritonserver/bin/tritonserver")  # in every NGC tritonserver image
 PORTS = {"http": 8000, "grpc": 8001, "metrics": 8002}
@@ -270,19 +270,26 @@ def storage_root(repo_dir: Path, spec: RepoSpec) -> Path:
     return root
 
 
+def deploy_serve_spec(repo_dir: Path) -> ServeSpec:
+    """How a deployed server runs: listening on every interface (``DEPLOY_HOST``), the
+    deployment's exit timeout, TTFT histograms on."""
+    return ServeSpec(
+        repo=Path(repo_dir).resolve(),
+        host=DEPLOY_HOST,
+        exit_timeout=EXIT_TIMEOUT_S,
+        latency_histograms=True,
+    )
+
+
 def serve_command(
     repo_dir: Path, *, mpirun_args: tuple[str, ...] = ()
 ) -> tuple[list[str], dict[str, str]]:
     """What the container (or Slurm task) runs: ``trtbuild serve``'s command, with the NGC
-    image's tritonserver, listening on every interface, TTFT histograms on."""
-
-    serve = ServeSpec(
-        repo=Path(repo_dir).resolve(),
-        host="0.0.0.0",
-        exit_timeout=EXIT_TIMEOUT_S,
-        latency_histograms=True,
-    )
+    image's tritonserver (``deploy_serve_spec``)."""
     launch = repo_launch(Path(repo_dir))
     return launch_argv(
-        serve, TritonInstall(TRITONSERVER, None, {}), launch, mpirun_args=mpirun_args
+        deploy_serve_spec(repo_dir),
+        TritonInstall(TRITONSERVER, None, {}),
+        launch,
+        mpirun_args=mpirun_args,
     )

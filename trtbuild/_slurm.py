@@ -18,10 +18,16 @@ import math
 import shlex
 from pathlib import Path
 
-from trtbuild._deploy_layout import EXIT_TIMEOUT_S, PORTS, TRITONSERVER, Layout, serve_command
+from trtbuild._deploy_layout import (
+    PORTS,
+    TRITONSERVER,
+    Layout,
+    deploy_serve_spec,
+    serve_command,
+)
 from trtbuild.errors import SpecError
 from trtbuild.server import RepoLaunch, TritonInstall, rank_argv, repo_launch
-from trtbuild.specs import DeploySpec, RepoSpec, ServeSpec
+from trtbuild.specs import DeploySpec, RepoSpec
 from trtbuild.vocab import TP_ADDR_ENV, TP_PORT_ENV, TP_SLURM_PORT
 
 
@@ -32,12 +38,7 @@ def _rank_script(repo_dir: Path) -> tuple[str, dict[str, str], int]:
     if launch.mode != "leader":
         argv, env = serve_command(repo_dir)
         return f"exec {shlex.join(argv)}", env, 1
-    serve = ServeSpec(
-        repo=Path(repo_dir).resolve(),
-        host="0.0.0.0",
-        exit_timeout=EXIT_TIMEOUT_S,
-        latency_histograms=True,
-    )
+    serve = deploy_serve_spec(repo_dir)
     install = TritonInstall(TRITONSERVER, None, {})
     leader = shlex.join(rank_argv(serve, install, launch, 0))
     worker = shlex.join(rank_argv(serve, install, launch, 1))

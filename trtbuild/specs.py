@@ -15,7 +15,10 @@ from trtbuild import vocab
 
 Runtime = Literal["torch", "tensorrtllm", "llmapi"]
 Protocol = Literal["http", "grpc"]
-LOOPBACK = "127.0.0.1"
+LOOPBACK = "127.0.0.1"  # where `trtbuild serve` listens unless --host says otherwise
+# where a deployed server listens (trtbuild deploy's pods and Slurm tasks): other machines reach
+# it by the pod's or node's address, which is what rendering a deployment asks for
+DEPLOY_HOST = "0.0.0.0"
 
 
 class StrictModel(BaseModel):
