@@ -447,10 +447,12 @@ def make_engine(model: Any, **kwargs: Any) -> Engine:
     return Engine("", model=model, dtype="bfloat16", limits=limits, **kwargs)
 
 
+# the in-process closed loops of the engine phases: (concurrency, requests)
+LOOP_PLAN = [(1, 8), (16, 64), (64, 384)]
+
+
 def phase_engine(args: argparse.Namespace, model: Any) -> dict[str, Any]:
-    return engine_run(
-        model, "slots+graphs", [(1, 8), (16, 64), (64, 384)], compile_decode=args.compile
-    )
+    return engine_run(model, "slots+graphs", LOOP_PLAN, compile_decode=args.compile)
 
 
 def phase_engine64(args: argparse.Namespace, model: Any) -> dict[str, Any]:
@@ -481,10 +483,11 @@ def fused_kernels(engine: Engine) -> dict[str, str] | None:
 def phase_async_ab(args: argparse.Namespace, model: Any) -> dict[str, Any]:
     """async_decode (the next step launched before this one's tokens are handed out) against
     the synchronous loop, same engine otherwise (fused layers, graphs)."""
-    plan = [(1, 8), (16, 64), (64, 384)]
     return {
-        "sync": engine_run(model, "fused, sync", plan, steps=False, async_decode=False),
-        "async": engine_run(model, "fused, async_decode", plan, steps=False, async_decode=True),
+        "sync": engine_run(model, "fused, sync", LOOP_PLAN, steps=False, async_decode=False),
+        "async": engine_run(
+            model, "fused, async_decode", LOOP_PLAN, steps=False, async_decode=True
+        ),
     }
 
 
@@ -492,10 +495,11 @@ def phase_mixed_ab(args: argparse.Namespace, model: Any) -> dict[str, Any]:
     """Arrivals prefilled inside decode steps (mixed_prefill_tokens, the default) against
     prefilled on their own before the next step, same engine otherwise; and the GPU time of
     the batch-64 mixed steps' graphs against the plain step's."""
-    plan = [(1, 8), (16, 64), (64, 384)]
     return {
-        "separate": engine_run(model, "prefills alone", plan, steps=False, mixed_prefill_tokens=0),
-        "mixed": engine_run(model, "mixed prefills", plan, steps=False, mixed_ms=True),
+        "separate": engine_run(
+            model, "prefills alone", LOOP_PLAN, steps=False, mixed_prefill_tokens=0
+        ),
+        "mixed": engine_run(model, "mixed prefills", LOOP_PLAN, steps=False, mixed_ms=True),
     }
 
 
@@ -503,23 +507,22 @@ def phase_flex_ab(args: argparse.Namespace, model: Any) -> dict[str, Any]:
     """Decode attention of batches of 32 rows or more through compiled flex attention (the
     default) against SDPA's memory-efficient kernel everywhere, same engine otherwise: graph
     step times, mixed steps' times and the in-process closed loops."""
-    plan = [(1, 8), (16, 64), (64, 384)]
     return {
-        "sdpa": engine_run(model, "sdpa decode", plan, mixed_ms=True, flex_decode_batch=0),
-        "flex": engine_run(model, "flex decode", plan, mixed_ms=True),
+        "sdpa": engine_run(model, "sdpa decode", LOOP_PLAN, mixed_ms=True, flex_decode_batch=0),
+        "flex": engine_run(model, "flex decode", LOOP_PLAN, mixed_ms=True),
     }
 
 
 def phase_kv_writes_ab(args: argparse.Namespace, model: Any) -> dict[str, Any]:
     """The fused layers writing the KV cache in their rotary kernel (fused_kv_writes) against
-    the default (two writes of the cache's own), same engine otherwise, and the kernels of a
-    batch-64 step with it."""
-    plan = [(1, 8), (16, 64), (64, 384)]
-    out = {"default": engine_run(model, "kv writes apart", plan, mixed_ms=True)}
-    out["fused_kv_writes"] = engine_run(
-        model, "kv writes in rotary", plan, mixed_ms=True, fused_kv_writes=True
-    )
-    return out
+    the default (two writes of the cache's own), same engine otherwise: graph step times,
+    mixed steps' times and the in-process closed loops."""
+    return {
+        "default": engine_run(model, "kv writes apart", LOOP_PLAN, mixed_ms=True),
+        "fused_kv_writes": engine_run(
+            model, "kv writes in rotary", LOOP_PLAN, mixed_ms=True, fused_kv_writes=True
+        ),
+    }
 
 
 def mixed_graph_ms(engine: Engine, batch: int = 64, length: int = 256) -> dict[str, Any]:
