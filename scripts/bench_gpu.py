@@ -52,6 +52,7 @@ import torch  # noqa: E402
 
 from trtbuild import proc  # noqa: E402
 from trtbuild.errors import TrtbuildError  # noqa: E402
+from trtbuild.runtime import engine as engine_module  # noqa: E402
 from trtbuild.runtime.engine import Engine, EngineLimits, Event, Request  # noqa: E402
 
 PROMPT, OUTPUT = 128, 128
@@ -817,6 +818,100 @@ def flash_row(b: int, copies: int = 8) -> dict[str, Any]:
     return row
 
 
+# flex_tune's candidates: flex_attention kernel_options for its decoding kernel (BLOCK_N keys a
+# block, software-pipeline stages, warps, SPLIT_KV key splits per row and KV head); {} is
+# inductor's own choice
+FLEX_TUNE_OPTIONS: list[dict[str, int]] = [
+    {},
+    {"num_stages": 2},
+    {"num_stages": 3},
+    {"num_warps": 4},
+    {"num_warps": 4, "num_stages": 2},
+    {"num_warps": 4, "num_stages": 3},
+    {"BLOCK_N": 32, "num_stages": 3},
+    {"BLOCK_N": 128, "num_warps": 4, "num_stages": 2},
+    {"BLOCK_N": 128, "num_warps": 8, "num_stages": 2},
+    {"SPLIT_KV": 2},
+    {"SPLIT_KV": 2, "num_warps": 4, "num_stages": 2},
+    {"SPLIT_KV": 4, "num_warps": 4, "num_stages": 2},
+]
+FLEX_TUNE_SHAPES = ((64, 256), (32, 256))  # (rows, L): the buckets flex serves most
+
+
+def phase_flex_tune(args: argparse.Namespace) -> dict[str, Any]:
+    """The engine's compiled flex decode attention (``_flex_decoder``) with each of
+    FLEX_TUNE_OPTIONS, one layer's call replayed in a CUDA graph at FLEX_TUNE_SHAPES: us per
+    call, the largest difference from SDPA on the same inputs, compile seconds; then the set
+    with the least time over all shapes among those within bf16 noise (``best``)."""
+    from trtbuild.runtime import fused
+
+    fused.raise_recompile_limit(2 * len(FLEX_TUNE_OPTIONS) * len(FLEX_TUNE_SHAPES))
+    rows = [row for b, length in FLEX_TUNE_SHAPES for row in flex_tune_rows(b, length)]
+    totals: dict[str, float] = {}
+    for row in rows:
+        key = json.dumps(row["options"], sort_keys=True)
+        ok = "graph_us" in row and row["max_diff"] < 0.05
+        totals[key] = totals.get(key, 0.0) + (row["graph_us"] if ok else float("inf"))
+    best = min(totals, key=lambda k: totals[k])
+    return {
+        "rows": rows,
+        "total_us": {k: (round(v, 1) if v != float("inf") else None) for k, v in totals.items()},
+        "best": json.loads(best) if totals[best] != float("inf") else None,
+        "engine_default": engine_module.FLEX_KERNEL_OPTIONS,
+    }
+
+
+def flex_tune_rows(b: int, length: int, copies: int = 8) -> list[dict[str, Any]]:
+    """flex_tune at ``b`` rows over ``L`` = ``length`` positions: one row per candidate."""
+    F = torch.nn.functional
+    kvh, groups, d = (ATTENTION_SHAPE[k] for k in ("kv_heads", "groups", "head_dim"))
+    caches, flat_q, _, mask = decode_attention_inputs(b, length, length, copies)
+    q = flat_q.view(b, kvh * groups, 1, d)
+    scale = d**-0.5
+    kv = [
+        (c[0].transpose(1, 2)[:, :, :length], c[1].transpose(1, 2)[:, :, :length]) for c in caches
+    ]
+    ref = F.scaled_dot_product_attention(
+        flat_q.view(b, kvh, groups, d), *kv[0], attn_mask=mask, scale=scale
+    ).reshape(b, kvh * groups, 1, d)
+    rows = []
+    for options in FLEX_TUNE_OPTIONS:
+        row: dict[str, Any] = {"batch": b, "length": length, "options": options}
+        attend = engine_module._flex_decoder(True, options)
+
+        def call(i: int, attend: Callable[..., Any] = attend) -> Any:
+            return attend((q, *kv[i]), mask, scale)
+
+        try:
+            t = time.perf_counter()
+            got = call(0)
+            torch.cuda.synchronize()
+            row["compile_s"] = round(time.perf_counter() - t, 1)
+            row["max_diff"] = float((got.float() - ref.float()).abs().max())
+            row["graph_us"] = round(graph_us(call, copies), 1)
+        except Exception as exc:  # noqa: BLE001 - the other candidates still count
+            row["error"] = f"{type(exc).__name__}: {exc}"[:300]
+        log("flex_tune", json.dumps(row))
+        rows.append(row)
+    caches.clear()
+    return rows
+
+
+def phase_flex_options_ab(args: argparse.Namespace, model: Any) -> dict[str, Any]:
+    """The engine with FLEX_KERNEL_OPTIONS against flex_tune's ``best`` (read from this --out's
+    flex_tune.json), same engine otherwise: graph step times, mixed steps' times, in-process
+    closed loops."""
+    best = json.loads((args.out / "flex_tune.json").read_text()).get("best")
+    if best is None:
+        raise ValueError("run the flex_tune phase first (flex_tune.json has no 'best')")
+    return {
+        "default": engine_run(model, "flex default options", LOOP_PLAN, mixed_ms=True),
+        "best": engine_run(
+            model, "flex tuned options", LOOP_PLAN, mixed_ms=True, flex_options=best
+        ),
+    }
+
+
 def mixed_replay(engine: Engine, key: tuple[int, int, int, int]) -> None:
     """Replay mixed graph ``key`` (batch, L, requests, width) on inputs that write the scratch
     slot only."""
@@ -878,14 +973,18 @@ def engine_run(
     plan: list[tuple[int, int]],
     steps: bool = True,
     mixed_ms: bool = False,
+    flex_options: dict[str, int] | None = None,
     **kwargs: Any,
 ) -> dict[str, Any]:
     """One engine: warm-up, the GPU time of its graph steps and prefills (``steps``), then the
-    closed loops of ``plan`` (concurrency, requests)."""
+    closed loops of ``plan`` (concurrency, requests). ``flex_options``: its flex decode
+    attention compiled with these kernel options instead of FLEX_KERNEL_OPTIONS."""
     vocab = model.config.vocab_size
     torch.cuda.reset_peak_memory_stats()
     t = time.perf_counter()
     engine = make_engine(model, **kwargs).start()
+    if flex_options is not None and engine.slots is not None and engine.slots.flex is not None:
+        engine.slots.flex = engine_module._flex_decoder(True, flex_options)
     alloc_s = time.perf_counter() - t
     t = time.perf_counter()
     engine.warmup()
@@ -945,6 +1044,9 @@ def engine_run(
         "ended_row_steps_queued": engine.ended_row_steps_queued,
         "mixed_steps": engine.mixed_steps,
         "flex_decode_batch": engine.flex_decode_batch,
+        "flex_kernel_options": (
+            engine_module.FLEX_KERNEL_OPTIONS if flex_options is None else flex_options
+        ),
         "fused_kv_writes": engine.fused_kv_writes,
         "graphs_mixed": len(engine._mixed_captured),
         "graphs_prefill": len(engine._prefill_captured),
@@ -1322,12 +1424,70 @@ def phase_served(args: argparse.Namespace) -> dict[str, Any]:
             log("served", json.dumps(result))
             loops.append(result)
         out["loops"] = loops
+        out["trtbuild_perf"] = trtbuild_perf(args, serve.repo, server)
         out["ready"] = ready_line(server)
         out["log_tail"] = server.log_tail(15)
     out["gpu_memory_used_mib_peak"] = memory.peak
     out["gpu_memory_server_processes_mib_peak"] = memory.peak_others
     out["gpu_clocks_while_serving"] = memory.clocks
     return out
+
+
+def trtbuild_perf(args: argparse.Namespace, repo: Path, server: Any) -> dict[str, Any]:
+    """``trtbuild perf`` (perf_analyzer's measurement windows, the issue's own measure) against
+    the running server: the core model and the ensemble at ``--perf-concurrency``, 128 in / 128
+    out. Its results.json is copied to --out as trtbuild_perf_results.json; the summary here
+    is one row per model and level. Skipped (with the reason) where perf_analyzer is missing."""
+    from trtbuild._perf_results import PerfResults
+    from trtbuild.perf_analyzer import find_perf_analyzer
+
+    try:
+        find_perf_analyzer()
+    except TrtbuildError as exc:
+        return {"skipped": str(exc)}
+    results_dir = Path(args.workdir) / "trtbuild-perf"
+    argv = [
+        sys.executable, "-m", "trtbuild", "perf", str(repo),
+        "--url", server.grpc_url, "--metrics-url", server.metrics_url,
+        "--model", "tensorrt_llm", "--model", "ensemble",
+        "--concurrency", args.perf_concurrency,
+        "--input-len", str(PROMPT), "--output-len", str(OUTPUT),
+        "--measurement-interval", str(args.perf_interval_ms), "--max-trials", "6",
+        "--out", str(results_dir), "--force", "--report", "md",
+    ]  # fmt: skip
+    t = time.perf_counter()
+    shown = ["trtbuild", *argv[3:]]
+    try:
+        run = proc.run(argv, quiet=True, check=False, timeout=900)
+    except TrtbuildError as exc:
+        return {"argv": shown, "error": str(exc)}
+    found: dict[str, Any] = {
+        "argv": shown,
+        "returncode": run.returncode,
+        "seconds": round(time.perf_counter() - t, 1),
+        "output_tail": run.output[-2500:],
+    }
+    if not (results_dir / "results.json").is_file():
+        return found
+    results = PerfResults.read(results_dir)
+    results.write(args.out / "trtbuild_perf_results.json")
+    rows = []
+    for series, level in results.levels():
+        m = level.metrics
+        rows.append({
+            "model": series.model, "concurrency": level.level, "stable": level.stable,
+            "error": level.error,
+            "output_tokens_per_s": m.output_tokens_per_s if m else None,
+            "requests": m.requests if m else None,
+            "window_s": m.window_s if m else None,
+            "ttft_p50_ms": m.ttft_ms.p50 if m and m.ttft_ms else None,
+            "itl_p50_ms": m.itl_ms.p50 if m and m.itl_ms else None,
+        })  # fmt: skip
+    found["rows"] = rows
+    found["ratios"] = [r.model_dump(mode="json") for r in results.ratios]
+    found["notes"] = results.notes
+    log("trtbuild perf", json.dumps(rows))
+    return found
 
 
 # -- plot -------------------------------------------------------------------------------------------
@@ -1410,6 +1570,8 @@ PHASES: dict[str, tuple[str, Callable[[argparse.Namespace, Any], dict[str, Any]]
     "attention": ("own", lambda args, model: phase_attention(args)),
     "flash_decode": ("own", lambda args, model: phase_flash_decode(args)),
     "flex_ab": ("model", phase_flex_ab),
+    "flex_tune": ("own", lambda args, model: phase_flex_tune(args)),
+    "flex_options_ab": ("model", phase_flex_options_ab),
     "kv_writes_ab": ("model", phase_kv_writes_ab),
     "served": ("served", lambda args, model: phase_served(args)),
     "served_ab": ("served", lambda args, model: phase_served_ab(args)),
@@ -1450,6 +1612,17 @@ def main() -> int:
         type=int,
         default=1,
         help="the served phase's core c=64 loop, this many times on one server",
+    )
+    parser.add_argument(
+        "--perf-concurrency",
+        default="1,64",
+        help="the served phase's trtbuild perf levels (needs perf_analyzer on PATH)",
+    )
+    parser.add_argument(
+        "--perf-interval-ms",
+        type=int,
+        default=5000,
+        help="the served phase's trtbuild perf measurement window",
     )
     parser.add_argument(
         "--gemm-m",

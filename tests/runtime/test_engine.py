@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -917,6 +918,42 @@ def test_flex_decode_attention_computes_what_sdpa_does(dtype: str) -> None:
     torch.testing.assert_close(attend(cache), want, **tol)  # type: ignore[arg-type]
     cache.flex_from = batch + 1
     assert torch.equal(attend(cache), want)
+
+
+@pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
+def test_compiled_flex_attention_gets_the_kernel_options(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The compiled flex decoder hands flex_attention FLEX_KERNEL_OPTIONS, or the options it was
+    made with (what the bench's flex_tune phase and A/B pass); the eager reference none. The
+    compiled function is the eager flex attention here, wrapped to record its keyword arguments."""
+    import torch
+    from torch.nn.attention.flex_attention import flex_attention
+
+    seen: list[object] = []
+    real_compile = torch.compile
+
+    def fake_compile(fn: Callable[..., torch.Tensor], **kw: object) -> Callable[..., torch.Tensor]:
+        if fn is not flex_attention:  # the eager reference compiles its own parts
+            return real_compile(fn, **kw)  # type: ignore[no-any-return, call-overload]
+
+        def recorded(*args: object, **kwargs: object) -> torch.Tensor:
+            seen.append(kwargs["kernel_options"])
+            kwargs["kernel_options"] = None  # the eager reference takes none it does not know
+            return fn(*args, **kwargs)
+
+        return recorded
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    monkeypatch.setattr(engine_module, "FLEX_KERNEL_OPTIONS", {"num_stages": 3})
+    q = torch.randn(2, 4, 1, 16)
+    key, value = torch.randn(2, 2, 8, 16), torch.randn(2, 2, 8, 16)
+    mask = engine_module._decode_mask(torch.tensor([3, 7]), torch.arange(8), torch.float32)
+    outs = [
+        engine_module._flex_decoder(compiled, options)((q, key, value), mask, None)
+        for compiled, options in ((False, None), (True, None), (True, {"SPLIT_KV": 2}), (True, {}))
+    ]
+    assert all(torch.equal(out, outs[0]) for out in outs)
+    assert seen == [{"num_stages": 3}, {"SPLIT_KV": 2}, None]
+    assert engine_module.FLEX_KERNEL_OPTIONS == {"num_stages": 3}  # never changed by a caller
 
 
 def test_a_flex_attention_that_fails_falls_back_to_sdpa(caplog: pytest.LogCaptureFixture) -> None:

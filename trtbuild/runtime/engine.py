@@ -129,6 +129,10 @@ MIXED_PREFILL_TOKENS = 256
 # GPU; measured on an H200 at L 256 (docs/perf/h200.md, round 3): 25.8 against SDPA's 36.2 us
 # per layer at 64 rows, but 16.8 against 14.4 at 16 and 13.9 against 10.4 at 1
 FLEX_DECODE_BATCH = 32
+# compiled flex attention's decoding-kernel settings (flex_attention's ``kernel_options``) for
+# those steps; empty: inductor's own choice. scripts/bench_gpu.py's ``flex_tune`` phase times
+# the candidates on a GPU
+FLEX_KERNEL_OPTIONS: dict[str, int] = {}
 ACTIVATION_SLACK_BYTES = 512 * 2**20  # cuBLAS workspaces, CUDA-graph pool, allocator slack
 
 log = logging.getLogger("trtbuild.runtime")
@@ -2018,13 +2022,17 @@ def _decode_attention(
     return out.reshape(b, heads, t, d)
 
 
-def _flex_decoder(compiled: bool) -> Callable[..., torch.Tensor]:
+def _flex_decoder(
+    compiled: bool, kernel_options: dict[str, int] | None = None
+) -> Callable[..., torch.Tensor]:
     """``_decode_attention``'s flex attention: ``torch.compile``'d (static shapes: one kernel
-    per bucket), or flex attention's eager reference where ``compiled`` is false. The additive
-    mask becomes a score modification, so it sees exactly what SDPA's mask lets through."""
+    per bucket) with ``kernel_options`` (default ``FLEX_KERNEL_OPTIONS``), or flex attention's
+    eager reference where ``compiled`` is false. The additive mask becomes a score
+    modification, so it sees exactly what SDPA's mask lets through."""
     from torch.nn.attention.flex_attention import flex_attention
 
     flex = torch.compile(flex_attention, dynamic=False) if compiled else flex_attention
+    options: Any = dict(FLEX_KERNEL_OPTIONS if kernel_options is None else kernel_options)
 
     def attend(
         qkv: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
@@ -2041,7 +2049,13 @@ def _flex_decoder(compiled: bool) -> Callable[..., torch.Tensor]:
             if not compiled:  # it warns that it runs without torch.compile: the point, here
                 warnings.simplefilter("ignore", UserWarning)
             out: torch.Tensor = flex(
-                query, key, value, score_mod=score_mod, enable_gqa=True, scale=scaling
+                query,
+                key,
+                value,
+                score_mod=score_mod,
+                enable_gqa=True,
+                scale=scaling,
+                kernel_options=options if compiled and options else None,
             )
         return out
 
