@@ -515,14 +515,15 @@ def phase_flex_ab(args: argparse.Namespace, model: Any) -> dict[str, Any]:
 
 
 def phase_kv_writes_ab(args: argparse.Namespace, model: Any) -> dict[str, Any]:
-    """The fused layers writing the KV cache in their rotary kernel (fused_kv_writes) against
-    the default (two writes of the cache's own), same engine otherwise: graph step times,
-    mixed steps' times and the in-process closed loops."""
+    """The fused layers writing the KV cache in their rotary kernel (fused_kv_writes, the
+    default on CUDA since round 6) against two writes of the cache's own, same engine otherwise:
+    graph step times, mixed steps' times and the in-process closed loops (round 6, call 1, ran
+    them the other way round: "default" was the writes apart)."""
     return {
-        "default": engine_run(model, "kv writes apart", LOOP_PLAN, mixed_ms=True),
-        "fused_kv_writes": engine_run(
-            model, "kv writes in rotary", LOOP_PLAN, mixed_ms=True, fused_kv_writes=True
+        "apart": engine_run(
+            model, "kv writes apart", LOOP_PLAN, mixed_ms=True, fused_kv_writes=False
         ),
+        "fused_kv_writes": engine_run(model, "kv writes in rotary", LOOP_PLAN, mixed_ms=True),
     }
 
 
@@ -898,18 +899,21 @@ def flex_tune_rows(b: int, length: int, copies: int = 8) -> list[dict[str, Any]]
 
 
 def phase_flex_options_ab(args: argparse.Namespace, model: Any) -> dict[str, Any]:
-    """The engine with FLEX_KERNEL_OPTIONS against flex_tune's ``best`` (read from this --out's
-    flex_tune.json), same engine otherwise: graph step times, mixed steps' times, in-process
+    """The engine's flex decode attention with inductor's own kernel options against
+    FLEX_KERNEL_OPTIONS (and against flex_tune's ``best``, where this --out's flex_tune.json
+    names another), same engine otherwise: graph step times, mixed steps' times, in-process
     closed loops."""
-    best = json.loads((args.out / "flex_tune.json").read_text()).get("best")
-    if best is None:
-        raise ValueError("run the flex_tune phase first (flex_tune.json has no 'best')")
-    return {
+    out = {
+        "inductor": engine_run(model, "flex inductor options", LOOP_PLAN, mixed_ms=True, flex_options={}),
         "default": engine_run(model, "flex default options", LOOP_PLAN, mixed_ms=True),
-        "best": engine_run(
+    }  # fmt: skip
+    tuned = args.out / "flex_tune.json"
+    best = json.loads(tuned.read_text()).get("best") if tuned.is_file() else None
+    if best is not None and best != engine_module.FLEX_KERNEL_OPTIONS:
+        out["tuned"] = engine_run(
             model, "flex tuned options", LOOP_PLAN, mixed_ms=True, flex_options=best
-        ),
-    }
+        )
+    return out
 
 
 def mixed_replay(engine: Engine, key: tuple[int, int, int, int]) -> None:
@@ -1242,7 +1246,7 @@ def _variant(
     prefill_graphs: str = "auto",
     mixed: str = "auto",
     flex: str = "auto",
-    kv_writes: str = "false",
+    kv_writes: str = "auto",
 ) -> dict[str, str]:
     return {
         "sender_threads": str(senders),
@@ -1282,7 +1286,7 @@ SERVED_VARIANTS = {
     "mixed prefills (the defaults)": _variant(2, "auto"),
     "mixed_prefill_tokens 512": _variant(2, "auto", mixed="512"),
     "flex_decode_batch 0 (SDPA decode attention)": _variant(2, "auto", flex="0"),
-    "fused_kv_writes true": _variant(2, "auto", kv_writes="true"),
+    "fused_kv_writes false (round 5's default)": _variant(2, "auto", kv_writes="false"),
 }
 
 

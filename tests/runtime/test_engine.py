@@ -850,7 +850,7 @@ def test_the_capture_inputs_of_mixed_steps_write_the_scratch_slot_only(tiny_mode
     [
         ("mixed_prefill_tokens", 128, 256),
         ("flex_decode_batch", 2, 32),
-        ("fused_kv_writes", True, 0),
+        ("fused_kv_writes", True, True),
     ],
 )
 def test_options_of_the_fused_layers_need_them_and_default_to_off_on_cpu(
@@ -890,6 +890,35 @@ def test_flex_decode_is_on_by_default_only_where_warm_up_compiles_every_bucket(
     assert eng.flex_decode_batch == 0 and eng.slots.flex is None
     eng._setup_flex(None, graphs=True)
     assert eng.flex_decode_batch == engine_module.FLEX_DECODE_BATCH and eng.slots.flex is not None
+
+
+def test_fused_kv_writes_default_to_where_the_fused_kernels_compile(
+    tiny_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Unasked, the rotary kernel writes the KV cache where the fused layers' kernels are
+    compiled (CUDA with Triton, not under compile_decode); asked, as asked."""
+    import torch
+
+    eng = Engine(
+        str(tiny_model),
+        limits=EngineLimits(max_batch_size=2, max_seq_len=64),
+        kv_cache="slots",
+        fused_layers=False,
+    )
+    seen: list[tuple[bool, bool]] = []
+    monkeypatch.setattr(
+        engine_module._fused,
+        "fuse",
+        lambda *a, compile, kv_writes: seen.append((compile, kv_writes)),
+    )
+    monkeypatch.setattr(engine_module, "_triton_available", lambda: True)
+    eng.device = torch.device("cuda")  # the decision alone: nothing runs on it
+    for compile, asked in ((True, None), (False, None), (True, False), (False, True)):
+        eng._fuse_layers(True, compile=compile, kv_writes=asked)
+    assert seen == [(True, True), (False, False), (True, False), (False, True)]
+    monkeypatch.setattr(engine_module, "_triton_available", lambda: False)
+    eng._fuse_layers(True, compile=True, kv_writes=None)
+    assert seen[-1] == (False, False) and eng.fused_kv_writes is False
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])

@@ -130,9 +130,10 @@ MIXED_PREFILL_TOKENS = 256
 # per layer at 64 rows, but 16.8 against 14.4 at 16 and 13.9 against 10.4 at 1
 FLEX_DECODE_BATCH = 32
 # compiled flex attention's decoding-kernel settings (flex_attention's ``kernel_options``) for
-# those steps; empty: inductor's own choice. scripts/bench_gpu.py's ``flex_tune`` phase times
-# the candidates on a GPU
-FLEX_KERNEL_OPTIONS: dict[str, int] = {}
+# those steps: 32 keys a block, 3 pipeline stages. scripts/bench_gpu.py's ``flex_tune`` phase
+# timed twelve candidates on an H200 (docs/perf/h200.md, round 6): one layer's call at 64 rows,
+# L 256, 30.4 us with inductor's own choice, 24.2 with these; at 32 rows 22.4 -> 15.2
+FLEX_KERNEL_OPTIONS: dict[str, int] = {"BLOCK_N": 32, "num_stages": 3}
 ACTIVATION_SLACK_BYTES = 512 * 2**20  # cuBLAS workspaces, CUDA-graph pool, allocator slack
 
 log = logging.getLogger("trtbuild.runtime")
@@ -333,7 +334,7 @@ class Engine:
         prefill_graphs: bool | None = None,
         mixed_prefill_tokens: int | None = None,
         flex_decode_batch: int | None = None,
-        fused_kv_writes: bool = False,
+        fused_kv_writes: bool | None = None,
     ) -> None:
         """``kv_cache``: ``auto``, ``slots`` or ``dynamic`` (see the module docstring).
         ``compile_decode``: fuse the slot layout's decode step with ``torch.compile`` (dynamic
@@ -368,7 +369,9 @@ class Engine:
         bucket at warm-up (not with ``compile_decode``); 0: never.
         ``fused_kv_writes``: the fused layers write each token's keys and values into the slot
         cache inside their rotary kernel instead of two writes of their own (one compiled kernel
-        where there are three; needs fused layers). Off by default: not yet measured on a GPU.
+        where there are three; needs fused layers). ``None``: where the fused layers' kernels
+        are compiled (CUDA with Triton; on an H200 a batch-64 step 6.15 -> 5.97 ms,
+        docs/perf/h200.md round 6); ``True`` on CPU runs it eagerly, for tests.
         ``model``: an already loaded causal LM to serve instead of loading ``model_dir``.
         ``group``: this rank's tensor-parallel group (``model_dir`` is then this rank's shard):
         rank 0 serves and broadcasts each step, the others run ``follow`` (see
@@ -1099,7 +1102,7 @@ class Engine:
         ]
         self._mx_flip = 0
 
-    def _fuse_layers(self, wanted: bool | None, compile: bool, kv_writes: bool) -> None:
+    def _fuse_layers(self, wanted: bool | None, compile: bool, kv_writes: bool | None) -> None:
         assert self.slots is not None
         reason = _fused.unsupported(self.model)
         if wanted is None:
@@ -1111,6 +1114,8 @@ class Engine:
         if reason is not None:
             raise ValueError(f"fused_layers cannot serve this model: {reason}")
         compile = compile and self.device.type == "cuda" and _triton_available()
+        if kv_writes is None:
+            kv_writes = compile
         _fused.fuse(self.model, _slot_attention, compile=compile, kv_writes=kv_writes)
         self.slots.fused_layers = self.fused_layers = True
         self.fused_kv_writes = kv_writes

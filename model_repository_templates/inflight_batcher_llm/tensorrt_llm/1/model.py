@@ -198,7 +198,7 @@ class TritonPythonModel:
             prefill_graphs=_auto_flag(params.get("prefill_graphs", "auto")),
             mixed_prefill_tokens=_auto_int(params.get("mixed_prefill_tokens", "auto")),
             flex_decode_batch=_auto_int(params.get("flex_decode_batch", "auto")),
-            fused_kv_writes=_param_flag(params.get("fused_kv_writes", "false")),
+            fused_kv_writes=_auto_flag(params.get("fused_kv_writes", "auto")),
         )
         if group is not None and not group.leader:
             # like TensorRT-LLM's ranks above 0, this one never finishes loading: it follows rank
