@@ -1462,7 +1462,8 @@ def trtbuild_perf(args: argparse.Namespace, repo: Path, server: Any) -> dict[str
     t = time.perf_counter()
     shown = ["trtbuild", *argv[3:]]
     try:
-        run = proc.run(argv, quiet=True, check=False, timeout=900)
+        # cwd: away from a checkout, whose trtbuild/ would shadow the installed package
+        run = proc.run(argv, quiet=True, check=False, timeout=900, cwd=Path(args.workdir))
     except TrtbuildError as exc:
         return {"argv": shown, "error": str(exc)}
     found: dict[str, Any] = {
