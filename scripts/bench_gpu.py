@@ -17,7 +17,11 @@ Phases (``--phases``, comma-separated; each writes its JSON to ``--out`` as it e
 - served: tritonserver (the nvidia-pytriton wheel) serving the model through trtbuild's rendered
   repository: first without a numpy<2 wheel (a host with numpy 2 must be refused with the fix),
   then with one (``--numpy-wheel``: trtbuild builds the stub environment); a gRPC streaming
-  closed loop against the core model at 1, 16, 64 and the ensemble at 64.
+  closed loop against the core model at 1, 16, 64 and the ensemble at 64; then, where
+  perf_analyzer is on PATH, ``trtbuild perf`` against the same server (core model and ensemble at
+  ``--perf-concurrency``), its results.json copied to --out.
+- flex_tune: flex decode attention's kernel options, candidates timed in CUDA graphs; the
+  A/B phases (``*_ab``) compare one setting against the defaults, same engine otherwise.
 - parity8b32: the 8B-shaped model in fp32: 16 concurrent streams vs generate (token-identical).
 
 Usage: python3 scripts/bench_gpu.py --out DIR [--phases env,parity,engine,ab,served]
@@ -1514,6 +1518,10 @@ def plot(results: Path, out: Path, roofline: dict[int, float]) -> None:
             elif label.endswith("eager") or label.startswith("fused"):
                 label = f"in process: {label}"
             series.setdefault(label, {})[loop["concurrency"]] = loop["tokens_per_s"]
+        for row in data.get("trtbuild_perf", {}).get("rows", []):  # the served phase's
+            if row.get("output_tokens_per_s") is not None:
+                label = f"trtbuild perf {row['model']}"
+                series.setdefault(label, {})[int(row["concurrency"])] = row["output_tokens_per_s"]
     levels = sorted({c for s in series.values() for c in s})
     colors = ["#9e9e9e", "#bdbdbd", "#1565c0", "#2e7d32", "#66bb6a", "#ef6c00"]
     width, height, left, bottom = 900, 420, 70, 60
