@@ -56,7 +56,9 @@ bench: setup
 # On any machine with a CUDA GPU, with its own python3 (CUDA torch + transformers): the portable
 # runtime on random Llama-3-8B-shaped bf16 weights (same bytes and FLOPs as the real model), in
 # process and served by tritonserver (the nvidia-pytriton wheel; a numpy<2 wheel for its stub
-# environment if that python3 has numpy 2). JSON per phase in .bench/gpu; see docs/perf/h200.md.
+# environment if that python3 has numpy 2); with perf_analyzer on PATH (tritonclient 2.51.0's
+# wheel) its served phase also runs trtbuild perf. JSON per phase in .bench/gpu; see
+# docs/perf/h200.md.
 BENCH_GPU_OUT ?= .bench/gpu
 bench-gpu:
 	python3 scripts/bench_gpu.py --out $(BENCH_GPU_OUT) $(BENCH_GPU_ARGS)
