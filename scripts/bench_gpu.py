@@ -37,6 +37,7 @@ import json
 import os
 import queue
 import random
+import shutil
 import statistics
 import sys
 import threading
@@ -908,9 +909,11 @@ def phase_flex_options_ab(args: argparse.Namespace, model: Any) -> dict[str, Any
     names another), same engine otherwise: graph step times, mixed steps' times, in-process
     closed loops."""
     out = {
-        "inductor": engine_run(model, "flex inductor options", LOOP_PLAN, mixed_ms=True, flex_options={}),
+        "inductor": engine_run(
+            model, "flex inductor options", LOOP_PLAN, mixed_ms=True, flex_options={}
+        ),
         "default": engine_run(model, "flex default options", LOOP_PLAN, mixed_ms=True),
-    }  # fmt: skip
+    }
     tuned = args.out / "flex_tune.json"
     best = json.loads(tuned.read_text()).get("best") if tuned.is_file() else None
     if best is not None and best != engine_module.FLEX_KERNEL_OPTIONS:
@@ -1454,6 +1457,7 @@ def trtbuild_perf(args: argparse.Namespace, repo: Path, server: Any) -> dict[str
     except TrtbuildError as exc:
         return {"skipped": str(exc)}
     results_dir = Path(args.workdir) / "trtbuild-perf"
+    shutil.rmtree(results_dir, ignore_errors=True)  # never read an earlier run's results
     argv = [
         sys.executable, "-m", "trtbuild", "perf", str(repo),
         "--url", server.grpc_url, "--metrics-url", server.metrics_url,
