@@ -2037,7 +2037,12 @@ def _flex_decoder(
     from torch.nn.attention.flex_attention import flex_attention
 
     flex = torch.compile(flex_attention, dynamic=False) if compiled else flex_attention
-    options: Any = dict(FLEX_KERNEL_OPTIONS if kernel_options is None else kernel_options)
+    # the eager reference takes none; {} asks for inductor's own choice
+    options: Any = (
+        dict(FLEX_KERNEL_OPTIONS if kernel_options is None else kernel_options) or None
+        if compiled
+        else None
+    )
 
     def attend(
         qkv: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
@@ -2060,7 +2065,7 @@ def _flex_decoder(
                 score_mod=score_mod,
                 enable_gqa=True,
                 scale=scaling,
-                kernel_options=options if compiled and options else None,
+                kernel_options=options,
             )
         return out
 
