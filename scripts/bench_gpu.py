@@ -1465,6 +1465,7 @@ def trtbuild_perf(args: argparse.Namespace, repo: Path, server: Any) -> dict[str
         "--concurrency", args.perf_concurrency,
         "--input-len", str(PROMPT), "--output-len", str(OUTPUT),
         "--measurement-interval", str(args.perf_interval_ms), "--max-trials", "6",
+        "--stability-percentage", str(args.perf_stability_percentage),
         "--out", str(results_dir), "--force", "--report", "md",
     ]  # fmt: skip
     t = time.perf_counter()
@@ -1640,6 +1641,12 @@ def main() -> int:
         type=int,
         default=5000,
         help="the served phase's trtbuild perf measurement window",
+    )
+    parser.add_argument(
+        "--perf-stability-percentage",
+        type=int,
+        default=50,
+        help="the served phase's trtbuild perf stability criterion (999 takes any window)",
     )
     parser.add_argument(
         "--gemm-m",
