@@ -10,7 +10,6 @@ TensorRT-LLM/TensorRT version differs from the runtime's. ``serve`` and ``repo``
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -28,6 +27,7 @@ from trtbuild import vocab
 from trtbuild.builder import _trtllm
 from trtbuild.builder.settings import BuildSettings
 from trtbuild.errors import IncompatibleArtifact, SpecError, first_error
+from trtbuild.files._json import load_json, refuse_newer_format
 from trtbuild.gpus import detect_gpus
 from trtbuild.specs import Limits, Runtime
 
@@ -150,15 +150,8 @@ def read_manifest(engine_dir: Path) -> Manifest:
             f"{engine_dir} has no {MANIFEST}; build it with 'trtbuild engine' so trtbuild knows "
             "which GPU and TensorRT-LLM it is for"
         )
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise SpecError(f"{path} is not valid JSON ({exc}); rebuild the engine") from exc
-    if isinstance(data, dict) and isinstance(data.get("format"), int) and data["format"] > FORMAT:
-        raise IncompatibleArtifact(
-            f"{path} has format {data['format']}, newer than this trtbuild reads ({FORMAT}); "
-            "upgrade trtbuild"
-        )
+    data = load_json(path, fix="rebuild the engine")
+    refuse_newer_format(path, data, FORMAT)
     try:
         return Manifest.model_validate(data)
     except ValidationError as exc:

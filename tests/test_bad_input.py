@@ -162,6 +162,12 @@ CASES: dict[str, tuple[Case, str]] = {
     "serve: trtbuild-repo.json not JSON": (
         lambda w: ["serve", str(w.broken_repo("trtbuild-repo.json", b"{"))],
         "trtbuild-repo.json is not valid JSON (Expecting property name enclosed in double quotes"),
+    "serve: trtbuild-repo.json a list": (
+        lambda w: ["serve", str(w.broken_repo("trtbuild-repo.json", b"[]"))],
+        "trtbuild-repo.json must hold a JSON object; re-render with 'trtbuild repo'"),
+    "serve: trtbuild-repo.json with no spec": (
+        lambda w: ["serve", str(w.broken_repo("trtbuild-repo.json", b'{"kind": "x"}'))],
+        "trtbuild-repo.json holds no trtbuild spec; re-render with 'trtbuild repo'"),
     "demo --workdir the stub's shell would split": (
         lambda w: ["demo", "--workdir", str(w.tmp / "my demo")],
         "--workdir '"),

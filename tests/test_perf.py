@@ -22,6 +22,7 @@ import pytest
 from trtbuild._perf_report import figures
 from trtbuild._perf_results import CSV_COLUMNS, PerfResults
 from trtbuild.cli import main
+from trtbuild.errors import IncompatibleArtifact, SpecError
 
 pytestmark = pytest.mark.server
 
@@ -333,3 +334,20 @@ def test_an_empty_export_is_measured_again_and_said(
     ((_, lvl),) = results.levels()
     assert lvl.metrics is not None and lvl.error is None
     assert any("wrote an empty profile export; measured again" in n for n in results.notes)
+
+
+@pytest.mark.parametrize(
+    ("content", "error", "message"),
+    [
+        (b"{", SpecError, r"is not valid JSON \(Expecting .*; run 'trtbuild perf' again$"),
+        (b"\xff{", SpecError, r"is not valid JSON \('utf-8' codec.*; run 'trtbuild perf' again$"),
+        (b'{"format": 99}', IncompatibleArtifact, "has format 99, newer than this trtbuild reads"),
+    ],
+    ids=["not-json", "not-utf8", "newer"],
+)
+def test_a_broken_or_newer_results_file_names_the_fix(
+    tmp_path: Path, content: bytes, error: type[Exception], message: str
+) -> None:
+    (tmp_path / "results.json").write_bytes(content)
+    with pytest.raises(error, match=message):
+        PerfResults.read(tmp_path)

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from trtbuild.errors import IncompatibleArtifact, SpecError, first_error
+from trtbuild.errors import SpecError, first_error
+from trtbuild.files._json import load_json, refuse_newer_format
 
 RESULTS_FILE = "results.json"
 CSV_FILE = "results.csv"
@@ -188,19 +188,8 @@ class PerfResults(_Record):
         path = Path(path)
         if path.is_dir():
             path = path / RESULTS_FILE
-        try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
-            raise SpecError(f"{path} is not valid JSON ({exc}); run 'trtbuild perf' again") from exc
-        if (
-            isinstance(data, dict)
-            and isinstance(data.get("format"), int)
-            and data["format"] > FORMAT
-        ):
-            raise IncompatibleArtifact(
-                f"{path} has format {data['format']}, newer than this trtbuild reads ({FORMAT}); "
-                "upgrade trtbuild"
-            )
+        data = load_json(path, fix="run 'trtbuild perf' again")
+        refuse_newer_format(path, data, FORMAT)
         try:
             return cls.model_validate(data)
         except ValidationError as exc:

@@ -117,6 +117,11 @@ def test_missing_newer_and_broken_manifests(tmp_path: Path) -> None:
     (tmp_path / MANIFEST).write_text(json.dumps({"format": 99}))
     with pytest.raises(IncompatibleArtifact, match="has format 99, newer than this trtbuild reads"):
         read_manifest(tmp_path)
+    (tmp_path / MANIFEST).write_bytes(b"\xff{")
+    with pytest.raises(
+        SpecError, match=r"is not valid JSON \('utf-8' codec.*; rebuild the engine$"
+    ):
+        read_manifest(tmp_path)
     (tmp_path / MANIFEST).write_text(json.dumps({"format": 1, "runtime": "tensorrtllm"}))
     with pytest.raises(SpecError, match=r"invalid created: Field required; rebuild the engine$"):
         read_manifest(tmp_path)

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from trtbuild.errors import SpecError, TrtbuildError
+from trtbuild.errors import IncompatibleArtifact, SpecError, TrtbuildError
 
 
 def load_json(path: Path, *, fix: str, error: type[TrtbuildError] = SpecError) -> Any:
@@ -27,3 +27,13 @@ def load_json_object(
     if not isinstance(data, dict):
         raise error(f"{path} must hold a JSON object; {fix}")
     return data
+
+
+def refuse_newer_format(path: Path, data: Any, newest: int) -> None:
+    """A file whose integer ``format`` is newer than ``newest`` (what this trtbuild writes) is
+    refused with the fix; anything else is left to the file's model to validate."""
+    if isinstance(data, dict) and isinstance(data.get("format"), int) and data["format"] > newest:
+        raise IncompatibleArtifact(
+            f"{path} has format {data['format']}, newer than this trtbuild reads ({newest}); "
+            "upgrade trtbuild"
+        )

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 from pydantic import ValidationError
 
 from trtbuild.errors import SpecError, first_error
+from trtbuild.files._json import load_json_object
 from trtbuild.specs import RepoSpec
 
 SPEC_FILE = "trtbuild-repo.json"
@@ -26,13 +26,8 @@ def read_repo_spec(repo_or_file: Path) -> RepoSpec:
     path = spec_path(repo_or_file)
     if not path.is_file():
         raise SpecError(f"{path} not found; the repository was not rendered by trtbuild")
-    try:
-        data: Any = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise SpecError(
-            f"{path} is not valid JSON ({exc}); re-render with 'trtbuild repo'"
-        ) from exc
-    if not isinstance(data, dict) or "spec" not in data:
+    data = load_json_object(path, fix="re-render with 'trtbuild repo'")
+    if "spec" not in data:
         raise SpecError(f"{path} holds no trtbuild spec; re-render with 'trtbuild repo'")
     try:
         return RepoSpec.model_validate(data["spec"])
