@@ -169,11 +169,10 @@ def models(spec: RepoSpec) -> dict[str, tuple[str, dict[str, Path | None]]]:
     """Model name -> (template folder, extra files copied into the model dir; ``None`` leaves a
     template file out)."""
     detok: dict[str, Path | None] = {"1/_trtbuild_detok.py": _runtime_file("detok.py")}
-    # request validation, shared by the portable runtime and every flavor's preprocessing
-    checked: dict[str, Path | None] = {
-        **detok,
-        "1/_trtbuild_requests.py": _runtime_file("requests.py"),
-    }
+    # request validation and the error marks, shared by the portable runtime, every flavor's
+    # preprocessing and the BLS
+    requests: dict[str, Path | None] = {"1/_trtbuild_requests.py": _runtime_file("requests.py")}
+    checked: dict[str, Path | None] = {**detok, **requests}
     core_extra: dict[str, Path | None] = (
         {
             **checked,
@@ -189,7 +188,7 @@ def models(spec: RepoSpec) -> dict[str, tuple[str, dict[str, Path | None]]]:
         "preprocessing": (f"{KIND}/preprocessing", checked),
         "tensorrt_llm": (f"{KIND}/tensorrt_llm", core_extra),
         "postprocessing": (f"{KIND}/postprocessing", detok),
-        "tensorrt_llm_bls": (f"{KIND}/tensorrt_llm_bls", {}),
+        "tensorrt_llm_bls": (f"{KIND}/tensorrt_llm_bls", requests),
     }
 
 

@@ -144,11 +144,15 @@ def _runtime_file(name: str) -> Path:
 
 
 def models(spec: RepoSpec) -> dict[str, tuple[str, dict[str, Path | None]]]:
-    detok: dict[str, Path | None] = {"1/_trtbuild_detok.py": _runtime_file("detok.py")}
+    # the error mark shared with the portable runtime's request checks
+    checked: dict[str, Path | None] = {
+        "1/_trtbuild_detok.py": _runtime_file("detok.py"),
+        "1/_trtbuild_requests.py": _runtime_file("requests.py"),
+    }
     return {
         # the same data-driven ensemble template as the inflight-batching kind
         "ensemble": ("inflight_batcher_llm/ensemble", {}),
-        "preprocessing": (f"{KIND}/preprocessing", detok),
+        "preprocessing": (f"{KIND}/preprocessing", checked),
         "tensorrt_llm": (f"{KIND}/tensorrt_llm", {}),
         "tensorrt_llm_bls": (f"{KIND}/tensorrt_llm_bls", {}),
     }

@@ -4,13 +4,20 @@ from __future__ import annotations
 
 import pytest
 
-from trtbuild.client import RETRYABLE, Client, ServerBusy, _classify
+from trtbuild.client import INVALID, RETRYABLE, Client, ServerBusy, _classify
 from trtbuild.errors import InferenceError, InvalidRequest, RuntimeFailure, UserError
 from trtbuild.runtime import requests
 
 
-def test_the_client_and_the_runtime_agree_on_the_retry_mark() -> None:
+def test_the_client_and_the_runtime_agree_on_the_marks() -> None:
     assert RETRYABLE == requests.RETRYABLE
+    assert INVALID == requests.INVALID
+
+
+def test_the_invalid_mark_is_added_once() -> None:
+    marked = requests.marked_invalid("max_tokens must be >= 1")
+    assert marked == f"max_tokens must be >= 1 {INVALID}"
+    assert requests.marked_invalid(f"preprocessing: {marked}") == f"preprocessing: {marked}"
 
 
 @pytest.mark.parametrize(
@@ -26,6 +33,14 @@ def test_the_client_and_the_runtime_agree_on_the_retry_mark() -> None:
         ("failed to connect to all addresses", "StatusCode.UNAVAILABLE", InferenceError),
         ("max_tokens must be >= 1", "StatusCode.INVALID_ARGUMENT", InvalidRequest),
         ("max_tokens must be >= 1", 400, InvalidRequest),
+        # what a decoupled ensemble's gRPC stream delivers: the message, no code
+        (
+            f"in ensemble 'ensemble', preprocessing: text_input is empty {INVALID}",
+            None,
+            InvalidRequest,
+        ),
+        (f"tensorrt_llm: max_tokens must be >= 1 {INVALID}", "StatusCode.INTERNAL", InvalidRequest),
+        (f"at capacity {RETRYABLE}; {INVALID}", None, ServerBusy),  # retry wins
         ("boom", "StatusCode.INTERNAL", InferenceError),
     ],
 )

@@ -19,10 +19,11 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import np_to_triton_dtype
 
 from tests.conftest import STOP_PROMPT, Reference
+from tests.test_cli import run_main
 from tests.test_poisoned_requests import CLIENT_TYPES, Stream, core, ensemble, load_types, tensors
 from tests.triton_helpers import core_inputs, metric, stream_core
 from trtbuild.client import Client
-from trtbuild.errors import InferenceError, InvalidRequest, RuntimeFailure, UserError
+from trtbuild.errors import InvalidRequest, RuntimeFailure, UserError
 from trtbuild.specs import InferSpec, SamplingSpec
 
 pytestmark = pytest.mark.server
@@ -234,15 +235,32 @@ def _bool(name: str, value: bool) -> grpcclient.InferInput:
 def test_bad_requests_get_an_error_and_the_server_keeps_serving(
     served, reference, kwargs, message
 ) -> None:  # type: ignore[no-untyped-def]
-    # gRPC stream errors carry a message but no status code; HTTP and unary calls say 400/INVALID
-    with pytest.raises((InvalidRequest, InferenceError), match=message):
+    # gRPC stream errors carry a message but no status code: the models' mark says it was the
+    # request (exit 2); HTTP and unary calls say 400/INVALID
+    with pytest.raises(InvalidRequest, match=message) as streamed:
         generate(served, stream=True, **kwargs)
+    assert streamed.value.exit_code == 2
     with pytest.raises(InvalidRequest, match=message):
         generate(served, protocol="http", **kwargs)
     with pytest.raises(InvalidRequest, match=message):
         generate(served, model="tensorrt_llm_bls", **kwargs)
     ok = generate(served, "Still serving?", stream=True, max_tokens=4, end_id=-1)
     assert ok.text == reference.decode(reference.greedy("Still serving?", 4))
+
+
+def test_trtbuild_infer_exits_2_for_a_request_the_decoupled_ensemble_refuses(
+    served, capsys: pytest.CaptureFixture[str]
+) -> None:  # type: ignore[no-untyped-def]
+    """Over gRPC the decoupled ensemble answers on a stream, whose errors carry no status code:
+    the models' mark still makes it the user's error, one line, exit 2."""
+    with Client(served.grpc_url) as client:  # the ensemble is decoupled through its core model
+        assert client.model_config("tensorrt_llm")["model_transaction_policy"]["decoupled"]
+    code, out, err = run_main(
+        ["infer", "Hi", "--url", served.grpc_url, "--max-tokens", "600"], capsys
+    )
+    assert (code, out) == (2, "")
+    assert err.startswith("Error: ensemble: ") and err.count("\n") == 1
+    assert "exceeds max_seq_len 512" in err
 
 
 def test_max_tokens_zero_and_wrong_dtype_are_refused(served) -> None:

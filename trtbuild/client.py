@@ -13,9 +13,9 @@ models: a client that only cancels an ensemble stream gets its stream closed, bu
 end id or a stop word (the ensemble discards its responses). ``stop`` frees the slot at the next
 decode step.
 
-Errors: INVALID_ARGUMENT / HTTP 400 raise ``InvalidRequest`` (exit 2); a server at capacity
-(UNAVAILABLE / HTTP 503, or a message marked ``(retryable)``, which is what survives the gRPC
-stream) raises ``ServerBusy`` (exit 1, "retry later"); anything else ``InferenceError``.
+Errors: INVALID_ARGUMENT / HTTP 400, or a message marked ``(invalid request)``, raise
+``InvalidRequest`` (exit 2); a server at capacity (UNAVAILABLE / HTTP 503, or a message marked
+``(retryable)``) raises ``ServerBusy`` (exit 1, "retry later"); anything else ``InferenceError``.
 """
 
 from __future__ import annotations
@@ -36,8 +36,10 @@ import numpy as np
 from trtbuild.errors import InferenceError, InvalidRequest, RuntimeFailure, UserError
 from trtbuild.specs import InferSpec
 
-# how the portable runtime marks a refusal worth retrying (the gRPC stream drops status codes)
+# how trtbuild's models mark a refusal worth retrying and one that is the request's fault: the
+# marks are what survives Triton 2.51's gRPC stream, which drops status codes
 RETRYABLE = "(retryable)"
+INVALID = "(invalid request)"
 STOP_TIMEOUT_S = 5.0
 
 
@@ -469,15 +471,15 @@ def _classify(model: str, message: str, code: int | str | None) -> InferenceErro
     """The runtime's ``(retryable)`` mark, UNAVAILABLE or 503: the server is at capacity
     (``ServerBusy``, exit 1, retry later). The mark is checked first because Triton 2.51 drops
     codes on the way: gRPC streams carry none, HTTP ``generate`` answers every error with 400,
-    and a BLS sees its composing models' errors as INTERNAL. Then INVALID_ARGUMENT / 400: the
-    request was bad (``InvalidRequest``, exit 2). A gRPC UNAVAILABLE that means the server is
+    and a BLS sees its composing models' errors as INTERNAL. Then the ``(invalid request)``
+    mark, INVALID_ARGUMENT or 400: the request was bad (``InvalidRequest``, exit 2). A gRPC UNAVAILABLE that means the server is
     unreachable stays an ``InferenceError``."""
     status = str(code or "")
     lowered = message.lower()
     unreachable = "failed to connect" in lowered or "connection refused" in lowered
     if RETRYABLE in message or status == "503" or ("UNAVAILABLE" in status and not unreachable):
         return ServerBusy(f"{model}: {message}. The server is at capacity: retry the request later")
-    if "INVALID_ARGUMENT" in status or status == "400":
+    if INVALID in message or "INVALID_ARGUMENT" in status or status == "400":
         return InvalidRequest(f"{model}: {message}")
     return InferenceError(f"{model}: {message}")
 

@@ -26,6 +26,7 @@ import numpy as np
 
 BYTES_PER_TOKEN = 32  # generous: the longest tokens of byte-level BPE vocabularies are ~16 bytes
 RETRYABLE = "(retryable)"  # marks a refusal the client should retry (the gRPC stream drops codes)
+INVALID = "(invalid request)"  # marks a refusal that is the client's fault, for the same reason
 
 # core input -> the name the ensemble's clients send, for messages
 CLIENT_NAMES = {
@@ -42,6 +43,14 @@ CLIENT_NAMES = {
 
 class InvalidInput(ValueError):
     """A request input that cannot be honoured; the message names the input and the fix."""
+
+
+def marked_invalid(message: str) -> str:
+    """``message`` ending in the ``INVALID`` mark, once. Every INVALID_ARG error a trtbuild model
+    answers carries it: Triton 2.51's gRPC stream (a decoupled model or ensemble) delivers the
+    message without its status code, and the mark is how a client still tells "fix the request"
+    from "the server failed"."""
+    return message if INVALID in message else f"{message} {INVALID}"
 
 
 def label(name: str) -> str:

@@ -40,13 +40,16 @@ from _trtbuild_requests import (  # noqa: E402
     check_prompt_tokens,
     embedding_bias_array,
     empty_word_list,
+    marked_invalid,
     parse_preprocessing,
     word_list_array,
 )
 
 
 def _invalid(message):
-    """An error response that Triton reports as INVALID_ARGUMENT (HTTP 400): the client's fault."""
+    """An error response that Triton reports as INVALID_ARGUMENT (HTTP 400): the client's fault.
+    The message is marked too, for gRPC streams, which drop the code."""
+    message = marked_invalid(message)
     code = getattr(pb_utils.TritonError, "INVALID_ARG", None)
     error = (
         pb_utils.TritonError(message, code) if code is not None else pb_utils.TritonError(message)

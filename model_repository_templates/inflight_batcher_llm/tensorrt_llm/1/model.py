@@ -21,8 +21,9 @@ module preprocessing uses) before anything is queued.
   for a feature this runtime lacks (beam search, LoRA, prompt tables, encoder-decoder, draft
   tokens, guided decoding, logits outputs) gets an error response naming it, never a silent
   ignore.
-- Errors: bad input is INVALID_ARGUMENT; a full queue is UNAVAILABLE (HTTP 503, gRPC 14) and its
-  message carries ``(retryable)``, because the gRPC stream loses status codes. A request that fails
+- Errors: bad input is INVALID_ARGUMENT and its message carries ``(invalid request)``; a full
+  queue is UNAVAILABLE (HTTP 503, gRPC 14) and its message carries ``(retryable)``. The marks are
+  there because the gRPC stream loses status codes. A request that fails
   while computing fails alone. If the engine thread dies, every pending and later request gets an
   error and this process exits (``os._exit``) so the server sees a dead model.
 - A cancelled request (client gone, gRPC cancel, or a ``stop`` request with the same id) stops at
@@ -58,7 +59,13 @@ from _trtbuild_engine import (  # noqa: E402
     merge_events,
 )
 from _trtbuild_parallel import RANK_DIR, RankGroup, launched_rank  # noqa: E402
-from _trtbuild_requests import CoreLimits, InvalidInput, flag, parse_core  # noqa: E402
+from _trtbuild_requests import (  # noqa: E402
+    CoreLimits,
+    InvalidInput,
+    flag,
+    marked_invalid,
+    parse_core,
+)
 
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
 CANCEL_POLL_S = 0.05
@@ -83,8 +90,11 @@ PERF_OUTPUTS = (
 
 
 def _error(message, code_name="INVALID_ARG"):
-    """An error response. INVALID_ARG: the client's fault (HTTP 400); UNAVAILABLE: retry later
-    (HTTP 503, gRPC 14); INTERNAL: ours (HTTP 500)."""
+    """An error response. INVALID_ARG: the client's fault (HTTP 400, and the message marked, for
+    gRPC streams that drop the code); UNAVAILABLE: retry later (HTTP 503, gRPC 14); INTERNAL: ours
+    (HTTP 500)."""
+    if code_name == "INVALID_ARG":
+        message = marked_invalid(message)
     code = getattr(pb_utils.TritonError, code_name, None)
     error = (
         pb_utils.TritonError(message, code) if code is not None else pb_utils.TritonError(message)

@@ -17,7 +17,9 @@ away, the core request is stopped with TensorRT-LLM's ``stop`` input (same reque
 """
 
 import json
+import os
 import queue
+import sys
 import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -25,12 +27,18 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from _trtbuild_requests import marked_invalid  # noqa: E402
+
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
 _DONE = object()
 
 
 class _Failed(Exception):
     def __init__(self, message, code=None):
+        if code is not None and code == _code("INVALID_ARG"):
+            message = marked_invalid(message)  # a decoupled BLS's gRPC stream drops the code
         super().__init__(message)
         self.code = code
 
