@@ -154,7 +154,10 @@ def models(spec: RepoSpec) -> dict[str, tuple[str, dict[str, Path | None]]]:
         "ensemble": ("inflight_batcher_llm/ensemble", {}),
         "preprocessing": (f"{KIND}/preprocessing", checked),
         "tensorrt_llm": (f"{KIND}/tensorrt_llm", {}),
-        "tensorrt_llm_bls": (f"{KIND}/tensorrt_llm_bls", {}),
+        "tensorrt_llm_bls": (
+            f"{KIND}/tensorrt_llm_bls",
+            {"1/_trtbuild_requests.py": checked["1/_trtbuild_requests.py"]},
+        ),
     }
 
 

@@ -223,6 +223,53 @@ def test_trtbuild_client_speaks_to_the_llmapi_flavor(
     assert len(result.pieces) == (2 if stream else 1)
 
 
+@pytest.mark.parametrize(
+    ("protocol", "model", "stream"),
+    [("grpc", "ensemble", True), ("grpc", "tensorrt_llm_bls", False),
+     ("http", "tensorrt_llm_bls", False)],
+)  # fmt: skip
+def test_a_refused_request_is_the_users_error_through_the_llmapi_flavor(
+    llmapi_server: Any, protocol: str, model: str, stream: bool
+) -> None:
+    """Preprocessing's refusal reaches trtbuild's client as InvalidRequest (exit 2) through the
+    decoupled ensemble's gRPC stream (no status code) and through the BLS (which re-raises it)."""
+    from trtbuild.client import Client
+    from trtbuild.errors import InvalidRequest
+    from trtbuild.specs import InferSpec
+
+    server, _ = llmapi_server
+    url = server.grpc_url if protocol == "grpc" else server.http_url
+    spec = InferSpec(
+        prompt="hello", url=url, protocol=protocol, model=model, stream=stream, max_tokens=100000
+    )
+    with (
+        Client(url, protocol) as client,
+        pytest.raises(InvalidRequest, match="exceeds max_seq_len"),
+    ):
+        client.generate(spec)
+
+
+def test_the_llmapi_bls_refuses_stream_as_the_users_error(llmapi_server: Any) -> None:
+    import tritonclient.grpc as grpcclient
+
+    from trtbuild.client import _server_error
+    from trtbuild.errors import InvalidRequest
+
+    server, _ = llmapi_server
+    prompt = grpcclient.InferInput("text_input", [1], "BYTES")
+    prompt.set_data_from_numpy(np.array([b"hello"], dtype=object))
+    stream = grpcclient.InferInput("stream", [1], "BOOL")
+    stream.set_data_from_numpy(np.array([True]))
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    try:
+        with pytest.raises(Exception, match="answers whole responses") as refused:
+            client.infer("tensorrt_llm_bls", [prompt, stream])
+    finally:
+        client.close()
+    assert "INVALID_ARGUMENT" in str(refused.value.status())
+    assert isinstance(_server_error("tensorrt_llm_bls", refused.value), InvalidRequest)
+
+
 # -- launching TP x PP > 1 (argv only: no mpirun, GPU or TensorRT-LLM here) ------------------------------
 INSTALL = TritonInstall(Path("/opt/tritonserver/bin/tritonserver"), None, {})
 SERVE = ServeSpec(repo=Path("/srv/repository"), http_port=8000, grpc_port=8001, metrics_port=8002)
