@@ -297,3 +297,29 @@ def test_a_batch_of_prompts_is_split_per_row() -> None:
         PRE,
     )
     assert [(r.prompt, r.max_tokens, r.end_id) for r in rows] == [("one", 3, 2), ("two", 5, 2)]
+
+
+class _StubUtils:
+    """The two names ``error_response`` uses of the stub's triton_python_backend_utils, as a
+    stub with error codes has them (``codes``) or as an old one without (``codes=False``)."""
+
+    def __init__(self, codes: bool = True) -> None:
+        class TritonError:
+            def __init__(self, message: str, code: int | None = None) -> None:
+                self.message, self.code = message, code
+
+        if codes:
+            TritonError.INVALID_ARG, TritonError.UNAVAILABLE = 3, 14  # type: ignore[attr-defined]
+        self.TritonError = TritonError
+        self.InferenceResponse = lambda error: {"error": error}
+
+
+def test_error_responses_carry_their_code_and_invalid_ones_the_mark() -> None:
+    from trtbuild.runtime.requests import INVALID, error_response
+
+    invalid = error_response(_StubUtils(), "max_tokens must be >= 1")["error"]
+    assert (invalid.message, invalid.code) == (f"max_tokens must be >= 1 {INVALID}", 3)
+    busy = error_response(_StubUtils(), "the queue is full", "UNAVAILABLE")["error"]
+    assert (busy.message, busy.code) == ("the queue is full", 14)
+    old = error_response(_StubUtils(codes=False), "bad")["error"]
+    assert (old.message, old.code) == (f"bad {INVALID}", None)

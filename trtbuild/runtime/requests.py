@@ -53,6 +53,20 @@ def marked_invalid(message: str) -> str:
     return message if INVALID in message else f"{message} {INVALID}"
 
 
+def error_response(pb_utils: Any, message: str, code_name: str = "INVALID_ARG") -> Any:
+    """A Triton Python-backend error response (``pb_utils``: the stub's
+    ``triton_python_backend_utils``): INVALID_ARG (HTTP 400) with the message marked, or another
+    ``TritonError`` code by name (UNAVAILABLE: retry later, HTTP 503; INTERNAL: the server's
+    fault, HTTP 500). A stub too old to know the code sends the message alone."""
+    if code_name == "INVALID_ARG":
+        message = marked_invalid(message)
+    code = getattr(pb_utils.TritonError, code_name, None)
+    error = (
+        pb_utils.TritonError(message, code) if code is not None else pb_utils.TritonError(message)
+    )
+    return pb_utils.InferenceResponse(error=error)
+
+
 def label(name: str) -> str:
     """``runtime_top_k (top_k)``: the core name and what an ensemble client calls it."""
     client = CLIENT_NAMES.get(name)

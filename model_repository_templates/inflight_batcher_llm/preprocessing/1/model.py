@@ -40,21 +40,15 @@ from _trtbuild_requests import (  # noqa: E402
     check_prompt_tokens,
     embedding_bias_array,
     empty_word_list,
-    marked_invalid,
+    error_response,
     parse_preprocessing,
     word_list_array,
 )
 
 
 def _invalid(message):
-    """An error response that Triton reports as INVALID_ARGUMENT (HTTP 400): the client's fault.
-    The message is marked too, for gRPC streams, which drop the code."""
-    message = marked_invalid(message)
-    code = getattr(pb_utils.TritonError, "INVALID_ARG", None)
-    error = (
-        pb_utils.TritonError(message, code) if code is not None else pb_utils.TritonError(message)
-    )
-    return pb_utils.InferenceResponse(error=error)
+    """An INVALID_ARGUMENT (HTTP 400) error response, marked: the client's fault."""
+    return error_response(pb_utils, message)
 
 
 def _padded(rows, pad_id):

@@ -62,8 +62,8 @@ from _trtbuild_parallel import RANK_DIR, RankGroup, launched_rank  # noqa: E402
 from _trtbuild_requests import (  # noqa: E402
     CoreLimits,
     InvalidInput,
+    error_response,
     flag,
-    marked_invalid,
     parse_core,
 )
 
@@ -90,16 +90,9 @@ PERF_OUTPUTS = (
 
 
 def _error(message, code_name="INVALID_ARG"):
-    """An error response. INVALID_ARG: the client's fault (HTTP 400, and the message marked, for
-    gRPC streams that drop the code); UNAVAILABLE: retry later (HTTP 503, gRPC 14); INTERNAL: ours
-    (HTTP 500)."""
-    if code_name == "INVALID_ARG":
-        message = marked_invalid(message)
-    code = getattr(pb_utils.TritonError, code_name, None)
-    error = (
-        pb_utils.TritonError(message, code) if code is not None else pb_utils.TritonError(message)
-    )
-    return pb_utils.InferenceResponse(error=error)
+    """An error response (``error_response``): INVALID_ARG, the client's fault, marked for gRPC
+    streams that drop the code; UNAVAILABLE: retry later; INTERNAL: ours."""
+    return error_response(pb_utils, message, code_name)
 
 
 def _param_flag(value):

@@ -18,7 +18,7 @@ import triton_python_backend_utils as pb_utils
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from _trtbuild_detok import Text  # noqa: E402
-from _trtbuild_requests import marked_invalid  # noqa: E402
+from _trtbuild_requests import error_response  # noqa: E402
 
 
 def _scalar(request, name):
@@ -39,14 +39,8 @@ def _strings(request, name):
 
 
 def _invalid(message):
-    """An error response that Triton reports as INVALID_ARGUMENT (HTTP 400): the client's fault.
-    The message is marked too, for gRPC streams, which drop the code."""
-    message = marked_invalid(message)
-    code = getattr(pb_utils.TritonError, "INVALID_ARG", None)
-    error = (
-        pb_utils.TritonError(message, code) if code is not None else pb_utils.TritonError(message)
-    )
-    return pb_utils.InferenceResponse(error=error)
+    """An INVALID_ARGUMENT (HTTP 400) error response, marked: the client's fault."""
+    return error_response(pb_utils, message)
 
 
 def _true(value):

@@ -14,7 +14,7 @@ import triton_python_backend_utils as pb_utils
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _trtbuild_requests import marked_invalid  # noqa: E402
+from _trtbuild_requests import error_response  # noqa: E402
 
 # outputs the llmapi model sends only when asked: output -> the request flag that asks for it
 ON_REQUEST = {
@@ -44,14 +44,7 @@ class TritonPythonModel:
         try:
             return pb_utils.InferenceResponse(self._generate(request))
         except ValueError as exc:  # the request's fault: INVALID_ARGUMENT, marked
-            code = getattr(pb_utils.TritonError, "INVALID_ARG", None)
-            message = marked_invalid(str(exc))
-            error = (
-                pb_utils.TritonError(message, code)
-                if code is not None
-                else pb_utils.TritonError(message)
-            )
-            return pb_utils.InferenceResponse(error=error)
+            return error_response(pb_utils, str(exc))
         except Exception as exc:  # noqa: BLE001 - report, do not take the model down
             return pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc)))
 
