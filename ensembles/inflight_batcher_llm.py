@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from trtbuild.ensembles._rules import common_findings
+from trtbuild.ensembles._shipped import shipped
 from trtbuild.ensembles._tensors import Tensor, out
 from trtbuild.ensembles._wiring import repository_findings
 from trtbuild.ensembles.upstream import UpstreamTensor, facts, line_for
@@ -159,27 +160,16 @@ def steps_json(steps: list[Step]) -> str:
 
 
 # -- rendering hooks (used by trtbuild.render) --------------------------------------------------
-def _runtime_file(name: str) -> Path:
-    import trtbuild.runtime
-
-    return Path(trtbuild.runtime.__file__).parent / name
-
-
 def models(spec: RepoSpec) -> dict[str, tuple[str, dict[str, Path | None]]]:
     """Model name -> (template folder, extra files copied into the model dir; ``None`` leaves a
     template file out)."""
-    detok: dict[str, Path | None] = {"1/_trtbuild_detok.py": _runtime_file("detok.py")}
-    # request validation and the error marks, shared by the portable runtime, every flavor's
+    detok = shipped("detok")
+    # request validation and the error answers, shared by the portable runtime, every flavor's
     # preprocessing and the BLS
-    requests: dict[str, Path | None] = {"1/_trtbuild_requests.py": _runtime_file("requests.py")}
-    checked: dict[str, Path | None] = {**detok, **requests}
+    requests = shipped("requests")
+    checked = {**detok, **requests}
     core_extra: dict[str, Path | None] = (
-        {
-            **checked,
-            "1/_trtbuild_engine.py": _runtime_file("engine.py"),
-            "1/_trtbuild_parallel.py": _runtime_file("parallel.py"),
-            "1/_trtbuild_fused.py": _runtime_file("fused.py"),
-        }
+        {**checked, **shipped("engine", "parallel", "fused")}
         if spec.runtime == "torch"
         else {"1/model.py": None}  # TensorRT-LLM's C++ backend: no Python in the core model
     )

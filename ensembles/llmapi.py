@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from trtbuild.ensembles._rules import common_findings
+from trtbuild.ensembles._shipped import shipped
 from trtbuild.ensembles._tensors import Tensor, opt, out, req
 from trtbuild.ensembles._wiring import repository_findings
 from trtbuild.ensembles.inflight_batcher_llm import Step
@@ -137,27 +138,15 @@ def ensemble_steps() -> list[Step]:
 
 
 # -- rendering hooks (used by trtbuild.render) -------------------------------------------------
-def _runtime_file(name: str) -> Path:
-    import trtbuild.runtime
-
-    return Path(trtbuild.runtime.__file__).parent / name
-
-
 def models(spec: RepoSpec) -> dict[str, tuple[str, dict[str, Path | None]]]:
-    # the error mark shared with the portable runtime's request checks
-    checked: dict[str, Path | None] = {
-        "1/_trtbuild_detok.py": _runtime_file("detok.py"),
-        "1/_trtbuild_requests.py": _runtime_file("requests.py"),
-    }
+    # the error answers shared with the portable runtime's request checks
+    requests = shipped("requests")
     return {
         # the same data-driven ensemble template as the inflight-batching kind
         "ensemble": ("inflight_batcher_llm/ensemble", {}),
-        "preprocessing": (f"{KIND}/preprocessing", checked),
+        "preprocessing": (f"{KIND}/preprocessing", {**shipped("detok"), **requests}),
         "tensorrt_llm": (f"{KIND}/tensorrt_llm", {}),
-        "tensorrt_llm_bls": (
-            f"{KIND}/tensorrt_llm_bls",
-            {"1/_trtbuild_requests.py": checked["1/_trtbuild_requests.py"]},
-        ),
+        "tensorrt_llm_bls": (f"{KIND}/tensorrt_llm_bls", requests),
     }
 
 

@@ -9,6 +9,7 @@ import jinja2
 import pytest
 from google.protobuf import text_format
 
+import trtbuild.runtime
 from tests.goldens import check_golden_tree
 from trtbuild.errors import OutputExists
 from trtbuild.render import (
@@ -48,6 +49,10 @@ def test_renders_five_models_that_parse_and_wire(tmp_path: Path) -> None:
     for name in ("engine", "requests", "parallel", "fused"):
         assert (repo / f"tensorrt_llm/1/_trtbuild_{name}.py").is_file(), name
     assert (repo / "postprocessing/1/_trtbuild_detok.py").is_file()
+    runtime = Path(trtbuild.runtime.__file__).parent
+    for model in ("preprocessing", "tensorrt_llm", "tensorrt_llm_bls"):  # the error answers
+        shipped = (repo / model / "1/_trtbuild_requests.py").read_bytes()
+        assert shipped == (runtime / "requests.py").read_bytes(), model
     # every client-facing TensorRT-LLM input genai-perf and TRT-LLM clients send is declared
     names = {i.name for i in configs["ensemble"].input}
     assert {

@@ -34,12 +34,12 @@ from typing import Any, TextIO
 import numpy as np
 
 from trtbuild.errors import InferenceError, InvalidRequest, RuntimeFailure, UserError
-from trtbuild.specs import InferSpec
 
 # how trtbuild's models mark a refusal worth retrying and one that is the request's fault: the
 # marks are what survives Triton 2.51's gRPC stream, which drops status codes
-RETRYABLE = "(retryable)"
-INVALID = "(invalid request)"
+from trtbuild.runtime.requests import INVALID, RETRYABLE
+from trtbuild.specs import InferSpec
+
 STOP_TIMEOUT_S = 5.0
 
 
